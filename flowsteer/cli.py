@@ -1,0 +1,277 @@
+"""The ``flowsteer`` command line.
+
+    flowsteer pretrain --data NAME|PATH --out DIR [options]
+    flowsteer sample   --model DIR --n N --out FILE.npy|FILE.png [options]
+    flowsteer demo     [--out DIR] [--fast]
+
+Every option can also come from ``--config FILE.yaml`` (keys are the option
+names, e.g. ``batch-size: 128``); options given on the command line win.
+Bad input prints one line naming the problem and the fix, and exits with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from . import __version__
+from .errors import ConfigError, FlowsteerError
+
+EXIT_USER_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# --------------------------------------------------------------------------- options
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE.yaml", help="read options from a YAML file (command-line options win)")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    out.add_argument("--progress", choices=("auto", "bar", "log"), default="auto",
+                     help="progress display: a bar on a terminal, log lines otherwise (default: auto)")
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    from .training import TrainConfig
+
+    d = TrainConfig()
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--steps", type=int, default=d.steps, help=f"gradient steps (default: {d.steps})")
+    g.add_argument("--batch-size", type=int, default=d.batch_size, help=f"samples per step (default: {d.batch_size})")
+    g.add_argument("--lr", type=float, default=d.lr, help=f"Adam learning rate after warm-up (default: {d.lr})")
+    g.add_argument("--warmup-steps", type=int, default=d.warmup_steps,
+                   help=f"linear learning-rate warm-up steps (default: {d.warmup_steps})")
+    g.add_argument("--grad-clip", type=float, default=d.grad_clip,
+                   help=f"max global gradient norm, 0 = off (default: {d.grad_clip})")
+    g.add_argument("--ema-decay", type=float, default=d.ema_decay,
+                   help=f"EMA decay of the saved sampling weights, 0 = off (default: {d.ema_decay})")
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay (default: 0)")
+    g.add_argument("--seed", type=int, default=d.seed, help="seeds the model init and every random draw (default: 0)")
+    g.add_argument("--log-every", type=int, default=d.log_every,
+                   help=f"steps between metrics.jsonl records (default: {d.log_every})")
+    g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
+                   help="steps between checkpoints; 0 = only at the end (default: 0)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .couplings import COUPLINGS
+    from .models import MODEL_KINDS
+    from .solvers import SOLVERS
+
+    parser = _Parser(prog="flowsteer", description="Fine-tune flow-matching generative models.")
+    parser.add_argument("--version", action="version", version=f"flowsteer {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("pretrain", help="train a flow model from data with conditional flow matching",
+                       description="Train a flow model from data with conditional flow matching (CFM).")
+    p.add_argument("--data", metavar="NAME|PATH",
+                   help="moons, 8gaussians, checkerboard, circles, swissroll, digits[:0,2,4], a .npy/.npz file "
+                        "or a folder of PNG/JPEG images")
+    p.add_argument("--out", metavar="DIR", help="run folder to write (model.safetensors, config.json, metrics.jsonl)")
+    p.add_argument("--model", choices=("auto", *MODEL_KINDS), default="auto",
+                   help="network: auto (= mlp, fast on CPU), mlp or unet (images) (default: auto)")
+    p.add_argument("--width", type=int, default=None, help="hidden width (mlp) or base channels (unet)")
+    p.add_argument("--sigma", type=float, default=0.0,
+                   help="0 = straight paths and ODE sampling; > 0 = Brownian bridge and SDE sampling (default: 0)")
+    p.add_argument("--coupling", choices=COUPLINGS, default="independent",
+                   help="pairing of noise and data in a minibatch (default: independent)")
+    p.add_argument("--time-sampler", choices=("uniform", "logit-normal"), default="uniform",
+                   help="distribution of training times (default: uniform)")
+    p.add_argument("--conditional", action="store_true", help="train a class-conditional model (needs labels)")
+    p.add_argument("--normalize", choices=("auto", "standardize", "none"), default="auto",
+                   help="auto: standardise vectors, keep images in [-1, 1] (default: auto)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its saved state")
+    _add_train_options(p)
+    _add_common(p)
+
+    s = sub.add_parser("sample", help="draw samples from a run folder",
+                       description="Draw samples from a trained run folder.")
+    s.add_argument("--model", metavar="DIR", help="a flowsteer run folder")
+    s.add_argument("--n", type=int, default=1000, help="number of samples (default: 1000)")
+    s.add_argument("--out", metavar="FILE", help=".npy for the array (data units), .png for an image grid or a 2-D scatter")
+    s.add_argument("--solver", choices=SOLVERS, default=None,
+                   help="heun (default for sigma = 0), euler, midpoint, dopri5 (adaptive), euler-maruyama (sigma > 0)")
+    s.add_argument("--steps", type=int, default=50, help="solver steps (default: 50)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the noise (default: 0)")
+    s.add_argument("--label", type=int, default=None, help="class label for a class-conditional model")
+    _add_common(s)
+
+    d = sub.add_parser("demo", help="the main job: pretrain on digits and sample it",
+                       description="Pretrain a flow model on sklearn's 8x8 digits and draw a grid of samples.")
+    d.add_argument("--out", metavar="DIR", default="runs/demo", help="output folder (default: runs/demo)")
+    d.add_argument("--fast", action="store_true", help="a short run for a quick look")
+    _add_common(d)
+    return parser
+
+
+# --------------------------------------------------------------------------- YAML
+
+
+def _config_argv(parser: argparse.ArgumentParser, path: str) -> list[str]:
+    """Turn a YAML mapping into argv tokens for ``parser`` (so argparse checks their types)."""
+    import yaml
+
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"config file {path!r} does not exist; check the --config path")
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{at}; fix the file's syntax") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of option: value, got {type(data).__name__}")
+    options = {a.dest: a for a in parser._actions if a.option_strings}
+    argv: list[str] = []
+    unknown = []
+    for key, value in data.items():
+        dest = str(key).replace("-", "_")
+        action = options.get(dest)
+        if action is None or dest in ("config", "help"):
+            unknown.append(str(key))
+            continue
+        flag = action.option_strings[-1]
+        if isinstance(action, argparse._StoreTrueAction):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{path}: option {key!r} must be true or false, got {value!r}")
+            if value:
+                argv.append(flag)
+        elif value is not None:
+            argv += [flag, ",".join(map(str, value)) if isinstance(value, list) else str(value)]
+    if unknown:
+        valid = sorted(a.option_strings[-1].lstrip("-") for a in options.values() if a.dest not in ("help", "config"))
+        raise ConfigError(f"{path}: unknown option(s) {', '.join(unknown)}; valid options: {', '.join(valid)}")
+    return argv
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    if getattr(args, "config", None):
+        sub = parser._subparsers._group_actions[0].choices[args.command]  # type: ignore[union-attr]
+        args = parser.parse_args([args.command, *_config_argv(sub, args.config), *argv[1:]])
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        parser.exit(EXIT_USER_ERROR)
+    return args
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _progress_mode(args: argparse.Namespace) -> str:
+    return "quiet" if args.quiet else args.progress
+
+
+def _say(args: argparse.Namespace, text: str) -> None:
+    if not args.quiet:
+        print(text, flush=True)
+
+
+def _require(args: argparse.Namespace, *names: str) -> None:
+    missing = [f"--{n.replace('_', '-')}" for n in names if getattr(args, n) in (None, "")]
+    if missing:
+        raise ConfigError(f"missing {', '.join(missing)}; give it on the command line or in --config")
+
+
+def _check_out_dir(out: Path, resume: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {str(out)!r} is a file; choose a folder")
+    if out.is_dir() and (out / "config.json").exists() and not resume:
+        raise ConfigError(f"--out {str(out)!r} already holds a run; pass --resume to continue it or choose another --out")
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from .methods.pretrain import PretrainConfig, pretrain
+    from .training import TrainConfig
+
+    _require(args, "data", "out")
+    out = Path(args.out)
+    _check_out_dir(out, args.resume)
+    train = TrainConfig(
+        steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
+        grad_clip=args.grad_clip, ema_decay=args.ema_decay, weight_decay=args.weight_decay, seed=args.seed,
+        log_every=args.log_every, checkpoint_every=args.checkpoint_every,
+    )
+    problems = train.validate()
+    if problems:
+        raise ConfigError("; ".join(problems))
+    config = PretrainConfig(
+        data=args.data, model=args.model, width=args.width, sigma=args.sigma, coupling=args.coupling,
+        time_sampler=args.time_sampler, conditional=args.conditional, normalize=args.normalize, train=train,
+    )
+    run = pretrain(config, out, progress=_progress_mode(args), resume=args.resume)
+    _say(args, f"saved run to {out} ({run.config['steps_done']} steps); sample it with: flowsteer sample --model {out} --n 1000 --out samples.npy")
+    return 0
+
+
+def _write_samples(x, out: Path, *, title: str | None = None) -> None:
+    import numpy as np
+
+    from .io import atomic_path
+    from .plots import save_samples_png
+
+    if out.suffix == ".npy":
+        with atomic_path(out) as tmp:
+            with open(tmp, "wb") as fh:
+                np.save(fh, x.numpy())
+    else:
+        save_samples_png(x, out, title=title)
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from .runs import load_run
+
+    _require(args, "model", "out")
+    out = Path(args.out)
+    if out.suffix not in (".npy", ".png"):
+        raise ConfigError(f"--out {str(out)!r}: unsupported extension; use .npy (array) or .png (picture)")
+    if args.n < 1:
+        raise ConfigError(f"--n must be >= 1 (got {args.n})")
+    if args.steps < 1:
+        raise ConfigError(f"--steps must be >= 1 (got {args.steps})")
+    run = load_run(args.model)
+    if out.suffix == ".png" and not (len(run.shape) == 3 or run.shape == (2,)):
+        raise ConfigError(f"a PNG needs images or 2-D points, but this model makes shape {run.shape}; write .npy instead")
+    result = run.sample(args.n, solver=args.solver, steps=args.steps, seed=args.seed,
+                        labels=None if args.label is None else args.label)
+    _write_samples(result.x, out, title=f"{run.config['data']['spec']} - {result.nfe} NFE")
+    _say(args, f"wrote {args.n} samples to {out} ({result.nfe} NFE)")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(Path(args.out), fast=args.fast, progress=_progress_mode(args), say=lambda t: _say(args, t))
+    return 0
+
+
+COMMANDS = {"pretrain": cmd_pretrain, "sample": cmd_sample, "demo": cmd_demo}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = parse_args(argv)
+        return COMMANDS[args.command](args)
+    except FlowsteerError as exc:
+        print(f"flowsteer: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("flowsteer: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

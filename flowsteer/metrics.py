@@ -1,0 +1,64 @@
+"""Distribution metrics (METHODS.md section 4).
+
+* :func:`wasserstein2` - W2 between two equal-size sample sets: the square
+  root of the exact OT cost on squared Euclidean distances (POT ``ot.emd2``).
+* :func:`mean_pairwise_distance` - diversity: mean L2 distance over distinct pairs.
+* :func:`class_histogram`, :func:`entropy`, :func:`total_variation` - for
+  classifier-labelled samples.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import ot
+import torch
+from torch import Tensor
+
+
+def _flat64(x: Tensor | np.ndarray) -> np.ndarray:
+    arr = x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
+    return arr.reshape(arr.shape[0], -1).astype(np.float64)
+
+
+def wasserstein2(x: Tensor | np.ndarray, y: Tensor | np.ndarray) -> float:
+    """``W2(x, y) = sqrt(min_pi sum_ij pi_ij ||x_i - y_j||^2)`` with uniform weights.
+
+    Args:
+        x: ``[N, *D]`` samples.  y: ``[M, *D]`` samples (any M; equal N = M is
+            the usual, unbiased-in-pairing choice).
+    """
+    a, b = _flat64(x), _flat64(y)
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"W2 needs samples of one dimension, got {a.shape[1]} and {b.shape[1]}")
+    cost = ot.dist(a, b, metric="sqeuclidean")
+    value = ot.emd2(np.full(len(a), 1.0 / len(a)), np.full(len(b), 1.0 / len(b)), cost, numItermax=10_000_000)
+    return float(np.sqrt(max(value, 0.0)))
+
+
+def mean_pairwise_distance(x: Tensor | np.ndarray) -> float:
+    """Mean of ``||x_i - x_j||`` over pairs ``i != j`` (full-vector L2)."""
+    a = torch.as_tensor(_flat64(x))
+    n = a.shape[0]
+    if n < 2:
+        return 0.0
+    d = torch.cdist(a, a)
+    return float(d.sum() / (n * (n - 1)))
+
+
+def class_histogram(labels: Tensor | np.ndarray, num_classes: int) -> np.ndarray:
+    """Share of each class, ``[num_classes]``, summing to 1."""
+    lab = np.asarray(labels.cpu() if isinstance(labels, Tensor) else labels).astype(np.int64)
+    counts = np.bincount(lab, minlength=num_classes).astype(np.float64)
+    return counts / max(counts.sum(), 1.0)
+
+
+def entropy(p: np.ndarray) -> float:
+    """Shannon entropy in nats of a probability vector (``0 log 0 = 0``)."""
+    p = np.asarray(p, dtype=np.float64)
+    p = p[p > 0]
+    return float(-(p * np.log(p)).sum())
+
+
+def total_variation(p: np.ndarray, q: np.ndarray) -> float:
+    """``TV(p, q) = 1/2 sum |p - q|``."""
+    return float(0.5 * np.abs(np.asarray(p) - np.asarray(q)).sum())

@@ -1,0 +1,179 @@
+"""Run folders: everything needed to load a model by path alone and to resume.
+
+A run folder holds::
+
+    config.json          format version, model spec, data shape and normalisation,
+                         the path (sigma), every setting and the seed
+    model.safetensors    the weights used for sampling (the EMA when enabled)
+    trainer_state.pt     raw weights, optimiser, scheduler, EMA, RNG states, step
+    metrics.jsonl        one JSON record per logged step
+
+Every file is written atomically (temporary file + rename).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from .data import Normalizer
+from .errors import RunFolderError
+from .io import append_jsonl, atomic_path, atomic_write_json
+from .models import build_model
+from .solvers import SampleResult, integrate
+
+RUN_FORMAT = "flowsteer-run"
+RUN_FORMAT_VERSION = 1
+CONFIG_FILE, WEIGHTS_FILE, STATE_FILE, METRICS_FILE = "config.json", "model.safetensors", "trainer_state.pt", "metrics.jsonl"
+
+
+def save_weights(path: Path, state: dict[str, Tensor]) -> None:
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp))
+
+
+def save_trainer_state(path: Path, state: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def write_config(run_dir: Path, config: dict[str, Any]) -> None:
+    full = {"format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION, **config}
+    atomic_write_json(run_dir / CONFIG_FILE, full)
+
+
+def log_metrics(run_dir: Path, record: dict[str, Any]) -> None:
+    append_jsonl(run_dir / METRICS_FILE, record)
+
+
+def read_config(run_dir: str | Path) -> dict[str, Any]:
+    """Read and check a run's ``config.json`` (one-line errors for anything wrong)."""
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise RunFolderError(f"run folder {str(run_dir)!r} does not exist; pass the --out folder of a flowsteer pretrain/align/adapt run")
+    if not run_dir.is_dir():
+        raise RunFolderError(f"{str(run_dir)!r} is a file, not a run folder; pass the --out folder of a flowsteer run")
+    cfg_path = run_dir / CONFIG_FILE
+    if not cfg_path.exists():
+        raise RunFolderError(f"{str(run_dir)!r} is not a flowsteer run (no {CONFIG_FILE}); pass the --out folder of a flowsteer pretrain/align/adapt run")
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunFolderError(f"{cfg_path}: damaged config ({exc.__class__.__name__}); re-run the command that made this folder") from None
+    if not isinstance(cfg, dict) or cfg.get("format") != RUN_FORMAT:
+        raise RunFolderError(f"{str(run_dir)!r} is not a flowsteer run ({CONFIG_FILE} has no flowsteer format tag); pass a flowsteer run folder")
+    version = cfg.get("format_version")
+    if version != RUN_FORMAT_VERSION:
+        raise RunFolderError(
+            f"{str(run_dir)!r} was written in run format {version}, this flowsteer reads format {RUN_FORMAT_VERSION}; "
+            "re-create the run with this version"
+        )
+    return cfg
+
+
+@dataclass
+class Run:
+    """A loaded run: the model, its config, and sampling in data units.
+
+    Attributes:
+        model: the velocity network (eval mode, sampling weights).
+        config: the run's ``config.json`` as a dict.
+        path: the run folder (None for an in-memory run).
+    """
+
+    model: nn.Module
+    config: dict[str, Any]
+    path: Path | None = None
+    normalizer: Normalizer = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.normalizer = Normalizer.from_config(self.config["data"]["normalizer"])
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.config["data"]["shape"])
+
+    @property
+    def sigma(self) -> float:
+        return float(self.config["path"].get("sigma", 0.0))
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.config["model"].get("num_classes", 0))
+
+    def default_solver(self) -> str:
+        return "euler-maruyama" if self.sigma > 0 else "heun"
+
+    def sample(
+        self,
+        n: int,
+        *,
+        solver: str | None = None,
+        steps: int = 50,
+        seed: int = 0,
+        labels: Tensor | None = None,
+        return_trajectory: bool = False,
+        decode: bool = True,
+    ) -> SampleResult:
+        """Draw ``n`` samples (``[n, *shape]``, data units when ``decode``).
+
+        Args:
+            solver: default ``heun`` (sigma = 0) or ``euler-maruyama`` (sigma > 0).
+            steps: solver steps.  seed: seeds the noise and the SDE increments.
+            labels: ``[n]`` class labels for class-conditional models.
+        """
+        from .errors import ConfigError
+
+        solver = solver or self.default_solver()
+        if self.sigma > 0 and solver != "euler-maruyama":
+            raise ConfigError(
+                f"this model is a stochastic flow (sigma={self.sigma}); sample it with --solver euler-maruyama"
+            )
+        if not isinstance(n, int) or n < 1:
+            raise ConfigError(f"--n must be an integer >= 1, got {n!r}")
+        g = torch.Generator().manual_seed(seed)
+        x0 = torch.randn((n, *self.shape), generator=g)
+        cond = {}
+        if labels is not None:
+            if self.num_classes == 0:
+                raise ConfigError("this model is not class-conditional; drop the labels")
+            cond["y"] = torch.as_tensor(labels, dtype=torch.long).expand(n)
+        self.model.eval()
+        result = integrate(self.model, x0, solver=solver, steps=steps, sigma=self.sigma, cond=cond,
+                           return_trajectory=return_trajectory, generator=g)
+        if not decode:
+            return result
+        traj = None
+        if result.trajectory is not None:
+            traj = self.normalizer.decode(result.trajectory.flatten(0, 1)).reshape(result.trajectory.shape)
+        return SampleResult(x=self.normalizer.decode(result.x), nfe=result.nfe, times=result.times, trajectory=traj)
+
+
+def load_run(run_dir: str | Path) -> Run:
+    """Load a run folder by path alone: rebuild the net from ``config.json`` and load its weights."""
+    run_dir = Path(run_dir)
+    cfg = read_config(run_dir)
+    weights = run_dir / WEIGHTS_FILE
+    if not weights.exists():
+        raise RunFolderError(f"{str(run_dir)!r} has no {WEIGHTS_FILE}; the run did not finish - resume or re-run it")
+    try:
+        model = build_model(cfg["model"])
+        state = load_file(str(weights))
+        model.load_state_dict(state, strict=True)
+    except RunFolderError:
+        raise
+    except KeyError as exc:
+        raise RunFolderError(f"{run_dir / CONFIG_FILE}: missing field {exc}; re-create the run with this version") from None
+    except Exception as exc:
+        raise RunFolderError(
+            f"{weights}: cannot load the weights ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); the file is damaged - re-run or resume"
+        ) from None
+    model.eval()
+    return Run(model=model, config=cfg, path=run_dir)

@@ -1,0 +1,278 @@
+"""The one training loop every method shares.
+
+A method supplies an :class:`Objective` (its loss and sampling policy); the
+:class:`Trainer` owns everything else: Adam, linear warm-up, gradient-norm
+clipping, an exponential moving average (EMA) of the weights, the seeded RNG,
+logging to ``metrics.jsonl``, progress, and atomic checkpoints that resume
+exactly (weights, EMA, optimiser, scheduler, RNG and the objective's state).
+
+Per step ``k``::
+
+    out = objective.loss(model, step=k, generator=g)     # StepOutput(loss, metrics)
+    out.loss.backward(); clip_grad_norm_(max_norm); adam.step(); lr_schedule.step()
+    ema <- ema + (1 - d_k) (theta - ema),   d_k = min(decay, (1 + k) / (10 + k))
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .errors import ConfigError, FlowsteerError
+from .progress import Progress
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by every method.
+
+    Attributes:
+        steps: gradient steps in the run.
+        batch_size: samples per step.
+        lr: Adam learning rate after warm-up.
+        warmup_steps: linear warm-up of the learning rate from 0 (0 = none).
+        grad_clip: max global gradient norm (0 = no clipping).
+        ema_decay: EMA decay of the weights used for sampling (0 = no EMA).
+        weight_decay: Adam(W) weight decay.
+        seed: seeds the model init and every random draw of the run.
+        log_every: steps between ``metrics.jsonl`` records and log lines.
+        checkpoint_every: steps between checkpoints (0 = only at the end).
+    """
+
+    steps: int = 4000
+    batch_size: int = 256
+    lr: float = 1e-3
+    warmup_steps: int = 200
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    weight_decay: float = 0.0
+    seed: int = 0
+    log_every: int = 100
+    checkpoint_every: int = 0
+
+    def validate(self) -> list[str]:
+        problems = []
+        if not isinstance(self.steps, int) or self.steps < 1:
+            problems.append(f"--steps must be an integer >= 1 (got {self.steps!r})")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            problems.append(f"--batch-size must be an integer >= 1 (got {self.batch_size!r})")
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
+            problems.append(f"--lr must be a finite number > 0 (got {self.lr!r})")
+        if self.warmup_steps < 0:
+            problems.append(f"--warmup-steps must be >= 0 (got {self.warmup_steps})")
+        if self.grad_clip < 0:
+            problems.append(f"--grad-clip must be >= 0 (got {self.grad_clip})")
+        if not 0 <= self.ema_decay < 1:
+            problems.append(f"--ema-decay must be in [0, 1) (got {self.ema_decay})")
+        if self.log_every < 1:
+            problems.append(f"--log-every must be >= 1 (got {self.log_every})")
+        if self.checkpoint_every < 0:
+            problems.append(f"--checkpoint-every must be >= 0 (got {self.checkpoint_every})")
+        return problems
+
+
+@dataclass
+class StepOutput:
+    """What an objective returns for one step.
+
+    Attributes:
+        loss: scalar tensor to minimise.
+        metrics: extra scalars to log (tensors are averaged over the log interval).
+    """
+
+    loss: Tensor
+    metrics: dict[str, Tensor | float] = field(default_factory=dict)
+
+
+class Objective(Protocol):
+    """A method's loss and sampling policy."""
+
+    def loss(self, model: nn.Module, *, step: int, generator: torch.Generator) -> StepOutput:
+        ...
+
+
+class EMA:
+    """Exponential moving average of a model's floating-point parameters and buffers."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        current = model.state_dict()
+        floats = [k for k, v in self.shadow.items() if v.is_floating_point()]
+        torch._foreach_lerp_([self.shadow[k] for k in floats], [current[k].detach() for k in floats], 1.0 - d)
+        for k, v in self.shadow.items():
+            if not v.is_floating_point():
+                v.copy_(current[k])
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return self.shadow
+
+
+def rng_state(generator: torch.Generator) -> dict[str, Any]:
+    return {
+        "generator": generator.get_state(),
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(generator: torch.Generator, state: dict[str, Any]) -> None:
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed torch, numpy and python; return the run's own generator."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    final_loss: float
+    seconds: float
+    skipped_steps: int = 0
+
+
+class Trainer:
+    """Runs an :class:`Objective` for ``config.steps`` steps.
+
+    Args:
+        model: the network being trained (``model(t, x, **cond)``).
+        objective: the method's loss.
+        config: :class:`TrainConfig`.
+        generator: the run's RNG (see :func:`seed_everything`).
+        checkpoint: called as ``checkpoint(trainer)`` to save state (every
+            ``checkpoint_every`` steps and at the end); None = no saving.
+        log: called with each metrics record (a dict with ``step``).
+        progress: a :class:`Progress` (None = quiet).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        objective: Objective,
+        config: TrainConfig,
+        *,
+        generator: torch.Generator,
+        checkpoint: Callable[["Trainer"], None] | None = None,
+        log: Callable[[dict[str, Any]], None] | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        problems = config.validate()
+        if problems:
+            raise ConfigError("; ".join(problems))
+        self.model, self.objective, self.config = model, objective, config
+        self.generator = generator
+        self.checkpoint_fn, self.log_fn, self.progress = checkpoint, log, progress
+        cls = torch.optim.AdamW if config.weight_decay > 0 else torch.optim.Adam
+        kwargs = {"weight_decay": config.weight_decay} if config.weight_decay > 0 else {}
+        self.optimizer = cls([p for p in model.parameters() if p.requires_grad], lr=config.lr, **kwargs)
+        warm = config.warmup_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda k: min(1.0, (k + 1) / warm) if warm > 0 else 1.0
+        )
+        self.ema = EMA(model, config.ema_decay) if config.ema_decay > 0 else None
+        self.step = 0
+
+    # ----------------------------------------------------------------- state
+
+    def sampling_state_dict(self) -> dict[str, Tensor]:
+        """Weights used for sampling: the EMA if enabled, else the raw weights."""
+        return self.ema.state_dict() if self.ema is not None else self.model.state_dict()
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "rng": rng_state(self.generator),
+        }
+        objective_state = getattr(self.objective, "state_dict", None)
+        if callable(objective_state):
+            state["objective"] = objective_state()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None and state.get("ema") is not None:
+            for k, v in state["ema"].items():
+                self.ema.shadow[k].copy_(v)
+        set_rng_state(self.generator, state["rng"])
+        if "objective" in state and hasattr(self.objective, "load_state_dict"):
+            self.objective.load_state_dict(state["objective"])
+
+    # ----------------------------------------------------------------- loop
+
+    def fit(self) -> TrainResult:
+        cfg = self.config
+        self.model.train()
+        start = time.perf_counter()
+        sums: dict[str, Tensor] = {}
+        count = 0
+        last_loss = float("nan")
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        while self.step < cfg.steps:
+            out = self.objective.loss(self.model, step=self.step, generator=self.generator)
+            if not torch.isfinite(out.loss):
+                raise FlowsteerError(
+                    f"the loss became {out.loss.item()} at step {self.step}; lower --lr or check the data for extreme values"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+            self.optimizer.step()
+            self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update(self.model, self.step)
+            self.step += 1
+            count += 1
+            for key, value in (("loss", out.loss.detach()), ("grad_norm", grad_norm.detach()), *out.metrics.items()):
+                v = value.detach() if isinstance(value, Tensor) else torch.tensor(float(value))
+                sums[key] = sums[key] + v if key in sums else v.clone()
+            if self.progress is not None:
+                self.progress.step()
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                record = {k: float(v) / count for k, v in sums.items()}
+                last_loss = record["loss"]
+                record = {"step": self.step, **record, "lr": self.scheduler.get_last_lr()[0],
+                          "elapsed_s": round(time.perf_counter() - start, 3)}
+                if self.log_fn is not None:
+                    self.log_fn(record)
+                if self.progress is not None:
+                    self.progress.log(self.step, {"loss": record["loss"]})
+                sums, count = {}, 0
+            if self.checkpoint_fn is not None and cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                self.checkpoint_fn(self)
+        if self.checkpoint_fn is not None:
+            self.checkpoint_fn(self)
+        if self.progress is not None:
+            self.progress.close()
+        return TrainResult(steps=self.step, final_loss=last_loss, seconds=time.perf_counter() - start)
+
+
+def config_dict(config: Any) -> dict[str, Any]:
+    return asdict(config)
