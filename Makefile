@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 test: setup
-	$(PY) -m pytest -q tests
+	@$(PY) -m pytest -q tests; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: no tests were collected - failing" >&2; exit 1; fi; exit $$rc
 
 demo: setup
 	$(VENV)/bin/flowsteer demo

@@ -24,7 +24,8 @@ from flowsteer.data import load_data
 from flowsteer.methods.pretrain import CFMObjective
 from flowsteer.models import build_model, default_model_spec
 from flowsteer.paths import LinearPath, TimeSampler
-from flowsteer.training import TrainConfig, Trainer
+from flowsteer.config import TrainConfig
+from flowsteer.training import Trainer
 
 
 def bare_loop(model, x, cfg: TrainConfig, steps: int) -> float:

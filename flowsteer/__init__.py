@@ -3,22 +3,39 @@
 Public API (see the README for an example)::
 
     from flowsteer import PretrainConfig, TrainConfig, pretrain, load_run, load_data
+
+Names are imported on first use, so ``flowsteer --help`` does not pay for torch.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-from .couplings import CoupledBatch, ExactOTCoupling, IndependentCoupling, SinkhornCoupling, build_coupling  # noqa: E402
-from .data import DataSet, DataSplit, Normalizer, load_data  # noqa: E402
-from .errors import FlowsteerError  # noqa: E402
-from .methods.pretrain import PretrainConfig, pretrain  # noqa: E402
-from .paths import BrownianBridgePath, LinearPath, PathSample, TimeSampler  # noqa: E402
-from .runs import Run, load_run  # noqa: E402
-from .solvers import SampleResult, integrate  # noqa: E402
-from .training import TrainConfig, Trainer  # noqa: E402
+_EXPORTS = {
+    "BrownianBridgePath": "paths", "LinearPath": "paths", "PathSample": "paths", "TimeSampler": "paths",
+    "CoupledBatch": "couplings", "ExactOTCoupling": "couplings", "IndependentCoupling": "couplings",
+    "SinkhornCoupling": "couplings", "build_coupling": "couplings",
+    "DataSet": "data", "DataSplit": "data", "Normalizer": "data", "load_data": "data",
+    "FlowsteerError": "errors",
+    "PretrainConfig": "methods.pretrain", "pretrain": "methods.pretrain",
+    "Run": "runs", "load_run": "runs",
+    "SampleResult": "solvers", "integrate": "solvers",
+    "TrainConfig": "config", "Trainer": "training",
+}
 
-__all__ = [
-    "__version__", "BrownianBridgePath", "CoupledBatch", "DataSet", "DataSplit", "ExactOTCoupling",
-    "FlowsteerError", "IndependentCoupling", "LinearPath", "Normalizer", "PathSample", "PretrainConfig",
-    "Run", "SampleResult", "SinkhornCoupling", "TimeSampler", "TrainConfig", "Trainer", "build_coupling",
-    "integrate", "load_data", "load_run", "pretrain",
-]
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'flowsteer' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -41,7 +41,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
-    from .training import TrainConfig
+    from .config import TrainConfig
 
     d = TrainConfig()
     g = p.add_argument_group("optimisation")
@@ -63,9 +63,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .couplings import COUPLINGS
-    from .models import MODEL_KINDS
-    from .solvers import SOLVERS
+    from .config import COUPLINGS, MODEL_KINDS, SOLVERS, TIME_SAMPLERS
 
     parser = _Parser(prog="flowsteer", description="Fine-tune flow-matching generative models.")
     parser.add_argument("--version", action="version", version=f"flowsteer {__version__}")
@@ -84,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="0 = straight paths and ODE sampling; > 0 = Brownian bridge and SDE sampling (default: 0)")
     p.add_argument("--coupling", choices=COUPLINGS, default="independent",
                    help="pairing of noise and data in a minibatch (default: independent)")
-    p.add_argument("--time-sampler", choices=("uniform", "logit-normal"), default="uniform",
+    p.add_argument("--time-sampler", choices=TIME_SAMPLERS, default="uniform",
                    help="distribution of training times (default: uniform)")
     p.add_argument("--conditional", action="store_true", help="train a class-conditional model (needs labels)")
     p.add_argument("--normalize", choices=("auto", "standardize", "none"), default="auto",
@@ -193,8 +191,8 @@ def _check_out_dir(out: Path, resume: bool) -> None:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
+    from .config import TrainConfig
     from .methods.pretrain import PretrainConfig, pretrain
-    from .training import TrainConfig
 
     _require(args, "data", "out")
     out = Path(args.out)

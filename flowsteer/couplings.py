@@ -22,11 +22,12 @@ unreturned re-sampling misaligns side data: torchcfm issue #142).
 
 from __future__ import annotations
 
+from .config import COUPLINGS  # noqa: F401 (re-exported)
+
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
-import ot
 import torch
 from torch import Tensor
 
@@ -105,6 +106,8 @@ class ExactOTCoupling:
     name = "ot"
 
     def __call__(self, x0: Tensor, x1: Tensor, *, generator: torch.Generator | None = None) -> CoupledBatch:
+        import ot  # POT; imported on first use (it costs ~2 s)
+
         cost = _squared_cost(x0, x1)
         n0, n1 = cost.shape
         plan = ot.emd(np.full(n0, 1.0 / n0), np.full(n1, 1.0 / n1), cost, numItermax=1_000_000)
@@ -131,14 +134,19 @@ class SinkhornCoupling:
         self.reg = float(reg)
 
     def plan(self, x0: Tensor, x1: Tensor) -> np.ndarray:
+        import ot
+
         cost = _squared_cost(x0, x1)
         n0, n1 = cost.shape
         scale = max(cost.mean(), 1e-12)
         return ot.sinkhorn(
-            np.full(n0, 1.0 / n0), np.full(n1, 1.0 / n1), cost / scale, self.reg, method="sinkhorn_log"
+            np.full(n0, 1.0 / n0), np.full(n1, 1.0 / n1), cost / scale, self.reg, method="sinkhorn_log",
+            numItermax=10_000, stopThr=1e-6,
         )
 
     def __call__(self, x0: Tensor, x1: Tensor, *, generator: torch.Generator | None = None) -> CoupledBatch:
+        import ot
+
         plan = self.plan(x0, x1)
         n0, n1 = plan.shape
         if n0 != n1:
@@ -152,7 +160,6 @@ class SinkhornCoupling:
         return _gather(x0, x1, torch.arange(n0), torch.as_tensor(_plan_to_permutation(perm_plan)))
 
 
-COUPLINGS = ("independent", "ot", "sinkhorn")
 
 
 def build_coupling(name: str, *, reg: float = 0.05) -> Coupling:

@@ -20,6 +20,8 @@ set for evaluation.  Values are in *data units*; the model is trained on
 
 from __future__ import annotations
 
+from .config import TOYS  # noqa: F401 (re-exported)
+
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +33,6 @@ from torch import Tensor
 
 from .errors import DataError
 
-TOYS = ("moons", "8gaussians", "checkerboard", "circles", "swissroll")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 TOY_TRAIN_SIZE = 20_000
 TOY_EVAL_SIZE = 5_000

@@ -28,7 +28,7 @@ def run_demo(out: Path, *, fast: bool = False, progress: str = "auto", say: Call
     from .methods.pretrain import PretrainConfig, pretrain
     from .metrics import class_histogram, entropy, total_variation
     from .plots import save_samples_png
-    from .training import TrainConfig
+    from .config import TrainConfig
 
     out.mkdir(parents=True, exist_ok=True)
     steps = 800 if fast else TrainConfig().steps

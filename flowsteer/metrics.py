@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import numpy as np
-import ot
 import torch
 from torch import Tensor
 
@@ -27,6 +26,8 @@ def wasserstein2(x: Tensor | np.ndarray, y: Tensor | np.ndarray) -> float:
         x: ``[N, *D]`` samples.  y: ``[M, *D]`` samples (any M; equal N = M is
             the usual, unbiased-in-pairing choice).
     """
+    import ot  # POT; imported on first use
+
     a, b = _flat64(x), _flat64(y)
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"W2 needs samples of one dimension, got {a.shape[1]} and {b.shape[1]}")

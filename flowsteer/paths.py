@@ -32,6 +32,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from .config import TIME_SAMPLERS
 from .errors import ConfigError
 
 
@@ -145,7 +146,7 @@ class TimeSampler:
       puts more weight on the middle of the path).
     """
 
-    KINDS = ("uniform", "logit-normal")
+    KINDS = TIME_SAMPLERS
 
     def __init__(self, kind: str = "uniform", *, mean: float = 0.0, std: float = 1.0) -> None:
         if kind not in self.KINDS:

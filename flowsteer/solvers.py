@@ -21,6 +21,8 @@ with ``t`` of shape ``[B]``.
 
 from __future__ import annotations
 
+from .config import SOLVERS  # noqa: F401 (re-exported)
+
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -29,7 +31,6 @@ from torch import Tensor
 
 from .errors import ConfigError
 
-SOLVERS = ("euler", "heun", "midpoint", "euler-maruyama", "dopri5")
 
 
 @dataclass(frozen=True)

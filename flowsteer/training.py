@@ -15,7 +15,6 @@ Per step ``k``::
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,57 +25,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .config import TrainConfig
 from .errors import ConfigError, FlowsteerError
 from .progress import Progress
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation settings shared by every method.
-
-    Attributes:
-        steps: gradient steps in the run.
-        batch_size: samples per step.
-        lr: Adam learning rate after warm-up.
-        warmup_steps: linear warm-up of the learning rate from 0 (0 = none).
-        grad_clip: max global gradient norm (0 = no clipping).
-        ema_decay: EMA decay of the weights used for sampling (0 = no EMA).
-        weight_decay: Adam(W) weight decay.
-        seed: seeds the model init and every random draw of the run.
-        log_every: steps between ``metrics.jsonl`` records and log lines.
-        checkpoint_every: steps between checkpoints (0 = only at the end).
-    """
-
-    steps: int = 4000
-    batch_size: int = 256
-    lr: float = 1e-3
-    warmup_steps: int = 200
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    weight_decay: float = 0.0
-    seed: int = 0
-    log_every: int = 100
-    checkpoint_every: int = 0
-
-    def validate(self) -> list[str]:
-        problems = []
-        if not isinstance(self.steps, int) or self.steps < 1:
-            problems.append(f"--steps must be an integer >= 1 (got {self.steps!r})")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            problems.append(f"--batch-size must be an integer >= 1 (got {self.batch_size!r})")
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
-            problems.append(f"--lr must be a finite number > 0 (got {self.lr!r})")
-        if self.warmup_steps < 0:
-            problems.append(f"--warmup-steps must be >= 0 (got {self.warmup_steps})")
-        if self.grad_clip < 0:
-            problems.append(f"--grad-clip must be >= 0 (got {self.grad_clip})")
-        if not 0 <= self.ema_decay < 1:
-            problems.append(f"--ema-decay must be in [0, 1) (got {self.ema_decay})")
-        if self.log_every < 1:
-            problems.append(f"--log-every must be >= 1 (got {self.log_every})")
-        if self.checkpoint_every < 0:
-            problems.append(f"--checkpoint-every must be >= 0 (got {self.checkpoint_every})")
-        return problems
 
 
 @dataclass

@@ -26,7 +26,8 @@ from ..models import build_model, default_model_spec
 from ..paths import ProbabilityPath, TimeSampler, build_path
 from ..progress import Progress
 from ..runs import (STATE_FILE, WEIGHTS_FILE, Run, log_metrics, save_trainer_state, save_weights, write_config)
-from ..training import StepOutput, TrainConfig, Trainer, seed_everything
+from ..config import TrainConfig
+from ..training import StepOutput, Trainer, seed_everything
 
 
 @dataclass

@@ -8,6 +8,8 @@ A model spec is a plain dict saved in a run's ``config.json``::
 
 from __future__ import annotations
 
+from ..config import MODEL_KINDS  # noqa: F401 (re-exported)
+
 from typing import Any
 
 from torch import nn
@@ -17,7 +19,6 @@ from .mlp import MLPVelocity
 from .protocol import VelocityModel, XTModel
 from .unet import UNetVelocity
 
-MODEL_KINDS = ("mlp", "unet")
 
 __all__ = ["MLPVelocity", "UNetVelocity", "VelocityModel", "XTModel", "build_model", "default_model_spec", "MODEL_KINDS"]
 
