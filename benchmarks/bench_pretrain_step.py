@@ -3,7 +3,7 @@
 Both loops do the same maths on the same model, batch and optimiser: draw a
 minibatch of data, noise and times, build the linear path, MSE to the target,
 backward, clip the gradient norm, Adam step with linear warm-up, EMA update.
-They alternate in rounds within one process (the machine is shared and noisy:
+They alternate in chunks of 20 steps within one process (the machine is shared and noisy:
 absolute times drift, the ratio holds) and the script prints the median ratio.
 
     python benchmarks/bench_pretrain_step.py [--data digits] [--steps 300] [--rounds 5]
@@ -28,42 +28,71 @@ from flowsteer.config import TrainConfig
 from flowsteer.training import Trainer
 
 
-def bare_loop(model, x, cfg: TrainConfig, steps: int) -> float:
-    """The same training step written by hand; returns seconds per step."""
-    g = torch.Generator().manual_seed(0)
-    params = list(model.parameters())
-    opt = torch.optim.Adam(params, lr=cfg.lr)
-    ema = [p.detach().clone() for p in model.state_dict().values()]
-    model.train()
-    start = time.perf_counter()
-    for k in range(steps):
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr * min(1.0, (k + 1) / cfg.warmup_steps)
-        idx = torch.randint(0, x.shape[0], (cfg.batch_size,), generator=g)
-        x1 = x[idx]
-        x0 = torch.randn(x1.shape, generator=g)
-        t = torch.rand(cfg.batch_size, generator=g)
-        tt = t.reshape(-1, *([1] * (x1.dim() - 1)))
-        x_t = (1 - tt) * x0 + tt * x1
-        loss = ((model(t, x_t) - (x1 - x0)) ** 2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
-        d = min(cfg.ema_decay, (1 + k) / (10 + k))
-        with torch.no_grad():
-            torch._foreach_lerp_(ema, [p.detach() for p in model.state_dict().values()], 1 - d)
-    return (time.perf_counter() - start) / steps
+class BareLoop:
+    """The same training step written by hand with plain PyTorch."""
+
+    def __init__(self, model, x, cfg: TrainConfig) -> None:
+        self.model, self.x, self.cfg = model, x, cfg
+        self.g = torch.Generator().manual_seed(0)
+        self.params = list(model.parameters())
+        self.opt = torch.optim.Adam(self.params, lr=cfg.lr)
+        self.ema = [p.detach().clone() for p in self.params]
+        self.k = 0
+        model.train()
+
+    def run(self, steps: int) -> None:
+        cfg, model, g = self.cfg, self.model, self.g
+        for _ in range(steps):
+            k = self.k
+            for group in self.opt.param_groups:
+                group["lr"] = cfg.lr * min(1.0, (k + 1) / cfg.warmup_steps)
+            idx = torch.randint(0, self.x.shape[0], (cfg.batch_size,), generator=g)
+            x1 = self.x[idx]
+            x0 = torch.randn(x1.shape, generator=g)
+            t = torch.rand(cfg.batch_size, generator=g)
+            tt = t.reshape(-1, *([1] * (x1.dim() - 1)))
+            x_t = (1 - tt) * x0 + tt * x1
+            loss = ((model(t, x_t) - (x1 - x0)) ** 2).mean()
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+            self.opt.step()
+            with torch.no_grad():
+                torch._foreach_lerp_(self.ema, self.params, 1 - min(cfg.ema_decay, (1 + k) / (10 + k)))
+            self.k += 1
 
 
-def trainer_loop(model, x, cfg: TrainConfig, steps: int) -> float:
-    cfg = TrainConfig(**{**cfg.__dict__, "steps": steps})
-    objective = CFMObjective(x, path=LinearPath(), coupling=IndependentCoupling(), time_sampler=TimeSampler(),
-                             batch_size=cfg.batch_size)
-    trainer = Trainer(model, objective, cfg, generator=torch.Generator().manual_seed(0))
-    start = time.perf_counter()
-    trainer.fit()
-    return (time.perf_counter() - start) / steps
+class FlowsteerLoop:
+    """flowsteer's Trainer with the CFM objective, advanced in chunks."""
+
+    def __init__(self, model, x, cfg: TrainConfig) -> None:
+        objective = CFMObjective(x, path=LinearPath(), coupling=IndependentCoupling(), time_sampler=TimeSampler(),
+                                 batch_size=cfg.batch_size)
+        self.trainer = Trainer(model, objective, TrainConfig(**{**cfg.__dict__, "steps": 1}),
+                               generator=torch.Generator().manual_seed(0))
+
+    def run(self, steps: int) -> None:
+        self.trainer.config.steps = self.trainer.step + steps
+        self.trainer.fit()
+
+
+def measure(spec, x, cfg, steps: int, chunk: int) -> tuple[float, float]:
+    """Alternate chunks of both loops (so machine drift hits both); seconds per step of each."""
+    torch.manual_seed(0)
+    bare = BareLoop(build_model(spec), x, cfg)
+    torch.manual_seed(0)
+    ours = FlowsteerLoop(build_model(spec), x, cfg)
+    bare.run(10)
+    ours.run(10)  # warm-up
+    spent = {"bare": 0.0, "ours": 0.0}
+    for i in range(steps // chunk):
+        order = (("bare", bare), ("ours", ours)) if i % 2 == 0 else (("ours", ours), ("bare", bare))
+        for name, loop in order:
+            start = time.perf_counter()
+            loop.run(chunk)
+            spent[name] += time.perf_counter() - start
+    n = (steps // chunk) * chunk
+    return spent["bare"] / n, spent["ours"] / n
 
 
 def main() -> None:
@@ -71,21 +100,15 @@ def main() -> None:
     ap.add_argument("--data", default="digits")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--chunk", type=int, default=20, help="steps per alternation between the two loops")
     args = ap.parse_args()
     data = load_data(args.data)
     x = data.normalizer.encode(data.train.x)
     spec = default_model_spec("auto", data.train.shape)
     cfg = TrainConfig()
-    ratios, bare_times, ours = [], [], []
+    ratios = []
     for r in range(args.rounds):
-        torch.manual_seed(r)
-        m1 = build_model(spec)
-        torch.manual_seed(r)
-        m2 = build_model(spec)
-        tb = bare_loop(m1, x, cfg, args.steps)
-        to = trainer_loop(m2, x, cfg, args.steps)
-        bare_times.append(tb)
-        ours.append(to)
+        tb, to = measure(spec, x, cfg, args.steps, args.chunk)
         ratios.append(to / tb)
         print(f"round {r}: bare {tb * 1e3:.2f} ms/step, flowsteer {to * 1e3:.2f} ms/step, ratio {to / tb:.3f}")
     print(f"data={args.data} model={spec['kind']} batch={cfg.batch_size} threads={torch.get_num_threads()}")

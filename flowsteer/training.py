@@ -51,21 +51,28 @@ class Objective(Protocol):
 
 
 class EMA:
-    """Exponential moving average of a model's floating-point parameters and buffers."""
+    """Exponential moving average of a model's floating-point parameters and buffers.
+
+    The live tensors are captured once (``load_state_dict`` copies in place, so
+    they stay the same objects); each update is one fused ``_foreach_lerp_``.
+    """
 
     def __init__(self, model: nn.Module, decay: float) -> None:
         self.decay = decay
-        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        live = model.state_dict(keep_vars=True)
+        self.shadow = {k: v.detach().clone() for k, v in live.items()}
+        self._float_keys = [k for k, v in live.items() if v.is_floating_point()]
+        self._other_keys = [k for k, v in live.items() if not v.is_floating_point()]
+        self._live = live
+        self._shadow_floats = [self.shadow[k] for k in self._float_keys]
+        self._live_floats = [live[k] for k in self._float_keys]
 
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
         d = min(self.decay, (1 + step) / (10 + step))
-        current = model.state_dict()
-        floats = [k for k, v in self.shadow.items() if v.is_floating_point()]
-        torch._foreach_lerp_([self.shadow[k] for k in floats], [current[k].detach() for k in floats], 1.0 - d)
-        for k, v in self.shadow.items():
-            if not v.is_floating_point():
-                v.copy_(current[k])
+        torch._foreach_lerp_(self._shadow_floats, self._live_floats, 1.0 - d)
+        for k in self._other_keys:
+            self.shadow[k].copy_(self._live[k])
 
     def state_dict(self) -> dict[str, Tensor]:
         return self.shadow
