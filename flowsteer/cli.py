@@ -2,6 +2,7 @@
 
     flowsteer pretrain --data NAME|PATH --out DIR [options]
     flowsteer sample   --model DIR --n N --out FILE.npy|FILE.png [options]
+    flowsteer align    --base RUN_DIR --reward SPEC --out DIR [options]
     flowsteer demo     [--out DIR] [--fast]
 
 Every option can also come from ``--config FILE.yaml`` (keys are the option
@@ -40,10 +41,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                      help="progress display: a bar on a terminal, log lines otherwise (default: auto)")
 
 
-def _add_train_options(p: argparse.ArgumentParser) -> None:
-    from .config import TrainConfig
+def _add_train_options(p: argparse.ArgumentParser, *, align: bool = False) -> None:
+    from .config import TrainConfig, align_train_defaults
 
-    d = TrainConfig()
+    d = align_train_defaults() if align else TrainConfig()
     g = p.add_argument_group("optimisation")
     g.add_argument("--steps", type=int, default=d.steps, help=f"gradient steps (default: {d.steps})")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help=f"samples per step (default: {d.batch_size})")
@@ -63,7 +64,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .config import COUPLINGS, MODEL_KINDS, SOLVERS, TIME_SAMPLERS
+    from .config import (ALIGN_DEFAULT_ALPHA, ALIGN_DEFAULT_TAU, ALIGN_METHODS, COUPLINGS, MODEL_KINDS, SOLVERS,
+                         TIME_SAMPLERS)
 
     parser = _Parser(prog="flowsteer", description="Fine-tune flow-matching generative models.")
     parser.add_argument("--version", action="version", version=f"flowsteer {__version__}")
@@ -102,6 +104,42 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="seed of the noise (default: 0)")
     s.add_argument("--label", type=int, default=None, help="class label for a class-conditional model")
     _add_common(s)
+
+    a = sub.add_parser("align", help="fine-tune a run toward a reward (ORW-CFM-W2 and baselines)",
+                       description="Fine-tune a pretrained run toward a black-box reward with ORW-CFM-W2 "
+                                   "(online reward-weighted CFM + W2 regulariser) or a baseline.")
+    a.add_argument("--base", metavar="RUN_DIR", help="the pretrained run folder (also the reference model)")
+    a.add_argument("--reward", metavar="SPEC",
+                   help="even-digits, digits:0,2,4, jpeg-compressibility, jpeg-incompressibility, target:FILE.npy, "
+                        "python:MODULE:FUNCTION, python:FILE.py:FUNCTION, or a weighted sum 0.5*A+0.5*B")
+    a.add_argument("--out", metavar="DIR", help="run folder to write (a folder of runs for an alpha sweep)")
+    a.add_argument("--method", choices=ALIGN_METHODS, default="orw-w2",
+                   help="orw-w2 (default), orw (alpha = 0), rwr (offline reward-weighted CFM), raft (top fraction)")
+    a.add_argument("--alpha", default=None, metavar="A[,A...]",
+                   help=f"weight of the W2 term (default: {ALIGN_DEFAULT_ALPHA}); larger keeps the model closer to "
+                        "the base and more diverse, smaller chases the reward; a list like 0,0.1,0.3,1 runs a sweep")
+    a.add_argument("--tau", type=float, default=ALIGN_DEFAULT_TAU,
+                   help=f"inverse temperature of the weights exp(tau*r) (default: {ALIGN_DEFAULT_TAU})")
+    a.add_argument("--refresh-every", type=int, default=50, help="K: steps between refreshes of the sampling policy (default: 50)")
+    a.add_argument("--rollout-steps", type=int, default=10, help="solver steps of each rollout (default: 10)")
+    a.add_argument("--rollout-solver", choices=SOLVERS, default="euler", help="solver of the rollouts (default: euler)")
+    a.add_argument("--weights", choices=("mean", "none"), default="mean",
+                   help="mean: w/mean(w), so alpha means the same for any reward scale (default); none: raw exp(tau*r)")
+    a.add_argument("--standardize-reward", action="store_true", help="weight by the batch-standardised reward")
+    a.add_argument("--coupling", choices=COUPLINGS, default="independent", help="noise-data pairing (weights follow it)")
+    a.add_argument("--w2", action="store_true", help="add the W2 term to --method rwr or raft")
+    a.add_argument("--w2-budget", type=float, default=None, metavar="EPS",
+                   help="adapt alpha by dual ascent so that the W2-bound term stays <= EPS; reports the alpha it settles on")
+    a.add_argument("--dual-lr", type=float, default=0.02, help="step of the dual ascent on alpha (default: 0.02)")
+    a.add_argument("--raft-fraction", type=float, default=0.25, help="share of each batch RAFT keeps (default: 0.25)")
+    a.add_argument("--rwr-samples", type=int, default=4096, help="size of RWR's fixed sample set (default: 4096)")
+    a.add_argument("--on-bad-reward", choices=("stop", "skip"), default="stop",
+                   help="stop on a NaN/inf reward (default) or skip those samples")
+    a.add_argument("--eval-every", type=int, default=250, help="steps between evaluations (default: 250)")
+    a.add_argument("--eval-samples", type=int, default=512, help="samples per evaluation (default: 512)")
+    a.add_argument("--resume", action="store_true", help="continue the run in --out from its saved state")
+    _add_train_options(a, align=True)
+    _add_common(a)
 
     d = sub.add_parser("demo", help="the main job: pretrain on digits and sample it",
                        description="Pretrain a flow model on sklearn's 8x8 digits and draw a grid of samples.")
@@ -191,20 +229,12 @@ def _check_out_dir(out: Path, resume: bool) -> None:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from .config import TrainConfig
     from .methods.pretrain import PretrainConfig, pretrain
 
     _require(args, "data", "out")
     out = Path(args.out)
     _check_out_dir(out, args.resume)
-    train = TrainConfig(
-        steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
-        grad_clip=args.grad_clip, ema_decay=args.ema_decay, weight_decay=args.weight_decay, seed=args.seed,
-        log_every=args.log_every, checkpoint_every=args.checkpoint_every,
-    )
-    problems = train.validate()
-    if problems:
-        raise ConfigError("; ".join(problems))
+    train = _train_config(args)
     config = PretrainConfig(
         data=args.data, model=args.model, width=args.width, sigma=args.sigma, coupling=args.coupling,
         time_sampler=args.time_sampler, conditional=args.conditional, normalize=args.normalize, train=train,
@@ -249,6 +279,80 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_config(args: argparse.Namespace):
+    from .config import TrainConfig
+
+    train = TrainConfig(
+        steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
+        grad_clip=args.grad_clip, ema_decay=args.ema_decay, weight_decay=args.weight_decay, seed=args.seed,
+        log_every=args.log_every, checkpoint_every=args.checkpoint_every,
+    )
+    problems = train.validate()
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return train
+
+
+def _parse_alphas(text: str | None) -> list[float]:
+    from .config import ALIGN_DEFAULT_ALPHA
+
+    if text is None:
+        return [ALIGN_DEFAULT_ALPHA]
+    try:
+        values = [float(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"--alpha {text!r}: write a number or a list like 0,0.1,0.3,1") from None
+    if not values:
+        raise ConfigError("--alpha is empty; write a number or a list like 0,0.1,0.3,1")
+    bad = [v for v in values if not v >= 0]
+    if bad:
+        raise ConfigError(f"--alpha must be >= 0 (got {', '.join(map(str, bad))})")
+    return values
+
+
+def cmd_align(args: argparse.Namespace) -> int:
+    from .methods.orw import AlignConfig, align, align_sweep
+    from .rewards import build_reward
+    from .runs import read_config
+
+    _require(args, "base", "reward", "out")
+    alphas = _parse_alphas(args.alpha)
+    out = Path(args.out)
+    _check_out_dir(out, args.resume)
+    read_config(args.base)  # a clear error before any work if --base is not a run
+    build_reward(args.reward)  # likewise for an unknown or unloadable reward
+    config = AlignConfig(
+        base=args.base, reward=args.reward, method=args.method, alpha=alphas[0], tau=args.tau,
+        refresh_every=args.refresh_every, rollout_solver=args.rollout_solver, rollout_steps=args.rollout_steps,
+        weights=args.weights, standardize_reward=args.standardize_reward, coupling=args.coupling,
+        raft_fraction=args.raft_fraction, rwr_samples=args.rwr_samples, w2=args.w2, w2_budget=args.w2_budget,
+        dual_lr=args.dual_lr, on_bad_reward=args.on_bad_reward, eval_every=args.eval_every,
+        eval_samples=args.eval_samples, train=_train_config(args),
+    )
+    if args.method == "orw" and args.alpha is not None and any(a > 0 for a in alphas):
+        raise ConfigError("--method orw is ORW-CFM without the W2 term (alpha = 0); use --method orw-w2 to set --alpha")
+    problems = config.validate()
+    if problems:
+        raise ConfigError("; ".join(problems))
+    if len(alphas) > 1:
+        if args.resume:
+            raise ConfigError("--resume continues one run; resume a sweep's runs one at a time (--out DIR/alpha-A)")
+        summary = align_sweep(config, alphas, out, progress=_progress_mode(args))
+        for p in summary["points"]:
+            _say(args, f"alpha={p['alpha']:g}: reward {p['reward_mean']:.3f}, "
+                       + (f"class entropy {p['class_entropy']:.3f}, " if "class_entropy" in p else "")
+                       + f"W2 to base {p['w2_to_reference']:.3f}")
+        _say(args, f"sweep: {out / 'sweep.json'}  plot: {out / 'pareto.png'}")
+        return 0
+    run = align(config, out, progress=_progress_mode(args), resume=args.resume)
+    f = run.config["final"]
+    _say(args, f"saved run to {out}: reward {f['reward_mean']:.3f} (std {f['reward_std']:.3f})"
+               + (f", class entropy {f['class_entropy']:.3f}" if "class_entropy" in f else "")
+               + f", W2 to base {f['w2_to_reference']:.3f}"
+               + (f", alpha settled at {f['final_alpha']:.4g}" if config.w2_budget is not None else ""))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -256,7 +360,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"pretrain": cmd_pretrain, "sample": cmd_sample, "demo": cmd_demo}
+COMMANDS = {"pretrain": cmd_pretrain, "sample": cmd_sample, "align": cmd_align, "demo": cmd_demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

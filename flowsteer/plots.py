@@ -62,3 +62,58 @@ def save_samples_png(x: Tensor, path: str | Path, *, title: str | None = None, r
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
+
+
+def _read_jsonl(path: str | Path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def save_training_curves(metrics_path: str | Path, out: str | Path, *, title: str | None = None) -> None:
+    """Reward (train batch and evaluation), class entropy and W2 to the reference over steps."""
+    plt = _plt()
+    records = _read_jsonl(metrics_path)
+    train = [r for r in records if r.get("kind") == "train"]
+    evals = [r for r in records if r.get("kind") == "eval"]
+    panels = [("reward", "reward"), ("diversity", "class_entropy" if any("class_entropy" in r for r in evals) else "pairwise_distance"),
+              ("W2 to reference", "w2_to_reference")]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), dpi=100)
+    ax = axes[0]
+    if train and "reward" in train[0]:
+        ax.plot([r["step"] for r in train], [r["reward"] for r in train], color="tab:gray", lw=1, label="policy batch")
+    if evals:
+        ax.plot([r["step"] for r in evals], [r["reward_mean"] for r in evals], "o-", color="tab:blue", label="evaluation")
+    ax.set_title("reward"), ax.set_xlabel("step"), ax.legend()
+    for ax, (label, key) in zip(axes[1:], panels[1:]):
+        pts = [(r["step"], r[key]) for r in evals if key in r]
+        if pts:
+            ax.plot(*zip(*pts), "o-", color="tab:green")
+        ax.set_title(f"{label} ({key})"), ax.set_xlabel("step")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def save_pareto(points: list[dict], out: str | Path, *, title: str | None = None, extra: list[dict] | None = None) -> None:
+    """Reward-diversity plane: one point per alpha (and optional extra points, e.g. a W2-budget run)."""
+    plt = _plt()
+    key = "class_entropy" if all("class_entropy" in p for p in points) else "pairwise_distance"
+    fig, ax = plt.subplots(figsize=(5.5, 4.5), dpi=100)
+    xs, ys = [p[key] for p in points], [p["reward_mean"] for p in points]
+    ax.plot(xs, ys, "o-", color="tab:blue", label="alpha sweep")
+    for p in points:
+        ax.annotate(f"alpha={p['alpha']:g}", (p[key], p["reward_mean"]), textcoords="offset points", xytext=(5, 5))
+    for p in extra or []:
+        ax.plot([p[key]], [p["reward_mean"]], "*", ms=14, color="tab:red", label=p.get("label", "extra"))
+    ax.set_xlabel(key.replace("_", " ")), ax.set_ylabel("reward (mean)")
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)

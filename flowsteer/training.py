@@ -120,8 +120,12 @@ class Trainer:
         generator: the run's RNG (see :func:`seed_everything`).
         checkpoint: called as ``checkpoint(trainer)`` to save state (every
             ``checkpoint_every`` steps and at the end); None = no saving.
-        log: called with each metrics record (a dict with ``step``).
+        log: called with each metrics record (a dict with ``step`` and ``kind``).
         progress: a :class:`Progress` (None = quiet).
+        evaluate: called as ``evaluate(trainer)`` before the first step, every
+            ``eval_every`` steps and at the end; returns a dict of metrics that
+            is logged with ``kind = "eval"``.
+        eval_every: steps between evaluations (0 = only before and after).
     """
 
     def __init__(
@@ -134,6 +138,8 @@ class Trainer:
         checkpoint: Callable[["Trainer"], None] | None = None,
         log: Callable[[dict[str, Any]], None] | None = None,
         progress: Progress | None = None,
+        evaluate: Callable[["Trainer"], dict[str, Any]] | None = None,
+        eval_every: int = 0,
     ) -> None:
         problems = config.validate()
         if problems:
@@ -141,6 +147,9 @@ class Trainer:
         self.model, self.objective, self.config = model, objective, config
         self.generator = generator
         self.checkpoint_fn, self.log_fn, self.progress = checkpoint, log, progress
+        self.evaluate_fn, self.eval_every = evaluate, eval_every
+        self.last_eval: dict[str, Any] = {}
+        self.last_eval_step = -1
         cls = torch.optim.AdamW if config.weight_decay > 0 else torch.optim.Adam
         kwargs = {"weight_decay": config.weight_decay} if config.weight_decay > 0 else {}
         self.optimizer = cls([p for p in model.parameters() if p.requires_grad], lr=config.lr, **kwargs)
@@ -185,6 +194,23 @@ class Trainer:
 
     # ----------------------------------------------------------------- loop
 
+    def run_evaluation(self) -> dict[str, Any]:
+        """Evaluate now (model in eval mode, no gradients), log and return the metrics."""
+        if self.evaluate_fn is None:
+            return {}
+        was_training = self.model.training
+        self.model.eval()
+        with torch.no_grad():
+            metrics = self.evaluate_fn(self)
+        self.model.train(was_training)
+        self.last_eval, self.last_eval_step = metrics, self.step
+        if self.log_fn is not None:
+            self.log_fn({"step": self.step, "kind": "eval", **metrics})
+        if self.progress is not None:
+            shown = {k: v for k, v in metrics.items() if isinstance(v, float)}
+            self.progress.log(self.step, dict(list(shown.items())[:4]))
+        return metrics
+
     def fit(self) -> TrainResult:
         cfg = self.config
         self.model.train()
@@ -193,6 +219,8 @@ class Trainer:
         count = 0
         last_loss = float("nan")
         params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.step == 0 and self.evaluate_fn is not None:
+            self.run_evaluation()
         while self.step < cfg.steps:
             out = self.objective.loss(self.model, step=self.step, generator=self.generator)
             if not torch.isfinite(out.loss):
@@ -216,15 +244,19 @@ class Trainer:
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                 record = {k: float(v) / count for k, v in sums.items()}
                 last_loss = record["loss"]
-                record = {"step": self.step, **record, "lr": self.scheduler.get_last_lr()[0],
+                record = {"step": self.step, "kind": "train", **record, "lr": self.scheduler.get_last_lr()[0],
                           "elapsed_s": round(time.perf_counter() - start, 3)}
                 if self.log_fn is not None:
                     self.log_fn(record)
                 if self.progress is not None:
                     self.progress.log(self.step, {"loss": record["loss"]})
                 sums, count = {}, 0
+            if self.eval_every and self.step % self.eval_every == 0 and self.step < cfg.steps:
+                self.run_evaluation()
             if self.checkpoint_fn is not None and cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                 self.checkpoint_fn(self)
+        if self.evaluate_fn is not None and self.last_eval_step != self.step:
+            self.run_evaluation()
         if self.checkpoint_fn is not None:
             self.checkpoint_fn(self)
         if self.progress is not None:

@@ -24,10 +24,10 @@ from ..data import DataSplit, load_data
 from ..errors import ConfigError
 from ..models import build_model, default_model_spec
 from ..paths import ProbabilityPath, TimeSampler, build_path
-from ..progress import Progress
-from ..runs import (STATE_FILE, WEIGHTS_FILE, Run, log_metrics, save_trainer_state, save_weights, write_config)
 from ..config import TrainConfig
-from ..training import StepOutput, Trainer, seed_everything
+from ..runs import Run
+from ..training import StepOutput, seed_everything
+from .common import fit, sampling_copy
 
 
 @dataclass
@@ -169,28 +169,9 @@ def pretrain(
         "settings": asdict(config),
         "seed": config.train.seed,
     }
-    out_dir = Path(out) if out is not None else None
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-
-    def checkpoint(trainer: Trainer) -> None:
-        assert out_dir is not None
-        save_weights(out_dir / WEIGHTS_FILE, trainer.sampling_state_dict())
-        save_trainer_state(out_dir / STATE_FILE, trainer.state_dict())
-        write_config(out_dir, {**run_config, "steps_done": trainer.step})
-
-    bar = Progress(config.train.steps, mode=progress, desc="pretrain")
-    trainer = Trainer(
-        model, objective, config.train, generator=generator,
-        checkpoint=checkpoint if out_dir is not None else None,
-        log=(lambda rec: log_metrics(out_dir, rec)) if out_dir is not None else None,
-        progress=bar,
+    trainer = fit(
+        model, objective, config.train, generator=generator, out=Path(out) if out is not None else None,
+        run_config=run_config, progress=progress, desc="pretrain", resume=resume,
     )
-    if resume and out_dir is not None and (out_dir / STATE_FILE).exists():
-        trainer.load_state_dict(torch.load(out_dir / STATE_FILE, weights_only=False))
-        bar.message(f"resumed {out_dir} at step {trainer.step}")
-    trainer.fit()
-    sampling_model = build_model(spec)
-    sampling_model.load_state_dict(trainer.sampling_state_dict())
-    sampling_model.eval()
-    return Run(model=sampling_model, config={**run_config, "steps_done": trainer.step}, path=out_dir)
+    return Run(model=sampling_copy(trainer, spec, build_model), config={**run_config, "steps_done": trainer.step},
+               path=Path(out) if out is not None else None)

@@ -1,0 +1,71 @@
+"""The reward protocol and the checks every reward result goes through."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..errors import FlowsteerError
+
+
+class RewardError(FlowsteerError):
+    """A reward misbehaved: wrong length, non-finite values, or it raised."""
+
+
+@runtime_checkable
+class Reward(Protocol):
+    """``reward(x, **cond) -> [B]`` numbers.  Optional extras:
+
+    * ``name``: shown in messages and logs;
+    * ``classify(x) -> [B]`` long and ``num_classes``: class histograms in the metrics.
+    """
+
+    def __call__(self, x: Tensor, **cond: Any) -> Any:
+        ...
+
+
+def reward_name(reward: Any) -> str:
+    return str(getattr(reward, "name", getattr(reward, "__name__", type(reward).__name__)))
+
+
+def _origin(exc: BaseException) -> str:
+    tb = exc.__traceback__
+    last = None
+    while tb is not None:
+        last = tb
+        tb = tb.tb_next
+    if last is None:
+        return ""
+    return f" at {last.tb_frame.f_code.co_filename}:{last.tb_lineno}"
+
+
+def score(reward: Any, x: Tensor, cond: dict[str, Tensor] | None = None) -> Tensor:
+    """Call ``reward`` on ``x`` and return a float32 tensor ``[B]`` (may contain non-finite values).
+
+    Raises:
+        RewardError: the reward raised (its own exception is shown), or it
+            returned the wrong number of values or something not numeric.
+    """
+    name = reward_name(reward)
+    try:
+        out = reward(x, **cond) if cond else reward(x)
+    except RewardError:
+        raise
+    except Exception as exc:
+        raise RewardError(f"reward {name!r} raised {type(exc).__name__}: {exc}{_origin(exc)}") from exc
+    try:
+        if isinstance(out, Tensor):
+            r = out.detach().to("cpu", torch.float32)
+        else:
+            r = torch.as_tensor(np.asarray(out, dtype=np.float64), dtype=torch.float32)
+    except (TypeError, ValueError):
+        raise RewardError(f"reward {name!r} returned {type(out).__name__}; it must return one number per sample") from None
+    r = r.reshape(-1) if r.dim() == 2 and 1 in r.shape else r
+    if r.dim() != 1 or r.shape[0] != x.shape[0]:
+        raise RewardError(
+            f"reward {name!r} returned shape {tuple(r.shape)} for {x.shape[0]} samples; it must return one number per sample"
+        )
+    return r

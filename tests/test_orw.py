@@ -1,0 +1,179 @@
+"""ORW-CFM-W2: weights, the W2 term, alignment under OT, and the theory (METHODS.md section 2)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from flowsteer import PretrainConfig, TrainConfig, load_run, pretrain
+from flowsteer.errors import ConfigError
+from flowsteer.methods.orw import AlignConfig, RewardWeightedObjective, align, reward_weights
+from flowsteer.models import build_model
+from flowsteer.rewards import RewardError
+from flowsteer.solvers import integrate
+from flowsteer.training import Trainer, seed_everything
+
+COV = np.diag([1.0, 0.25])
+
+
+@pytest.fixture(scope="session")
+def gaussian_base(tmp_path_factory):
+    """A flow pretrained on N(0, diag(1, 0.25)) in 2-D."""
+    folder = tmp_path_factory.mktemp("gauss")
+    x = np.random.default_rng(0).multivariate_normal([0, 0], COV, size=20_000).astype(np.float32)
+    np.save(folder / "g.npy", x)
+    cfg = PretrainConfig(data=str(folder / "g.npy"), width=128,
+                         train=TrainConfig(steps=1500, batch_size=256, lr=2e-3))
+    pretrain(cfg, folder / "run", progress="quiet")
+    return folder / "run"
+
+
+def make_objective(base_dir, reward, **kw):
+    base = load_run(base_dir)
+    train = kw.pop("train", TrainConfig(steps=10, batch_size=64, lr=1e-3, warmup_steps=1, ema_decay=0.0))
+    cfg = AlignConfig(base=str(base_dir), reward=reward, train=train, **kw)
+    g = seed_everything(0)
+    model = build_model(base.config["model"])
+    model.load_state_dict(base.model.state_dict())
+    obj = RewardWeightedObjective(reference=base.model, reward=reward, config=cfg, decode=base.normalizer.decode,
+                                  shape=base.shape, sigma=base.sigma, num_classes=base.num_classes, generator=g)
+    return base, model, obj, cfg, g
+
+
+# --------------------------------------------------------------------------- weights
+
+
+def test_mean_weights_are_a_softmax_and_ignore_reward_offsets():
+    r = torch.tensor([0.1, 0.5, -0.3, 2.0])
+    w = reward_weights(r, tau=2.0)
+    torch.testing.assert_close(w, torch.softmax(2.0 * r, 0) * 4)
+    assert w.mean().item() == pytest.approx(1.0)
+    torch.testing.assert_close(reward_weights(r + 100.0, tau=2.0), w)  # offset-free: alpha keeps its meaning
+    torch.testing.assert_close(reward_weights(r, tau=2.0, normalize="none"), torch.exp(2.0 * r))
+
+
+def test_bad_rewards_get_zero_weight_never_nan():
+    r = torch.tensor([0.2, float("nan"), 0.4, float("inf")])
+    valid = torch.isfinite(r)
+    for norm in ("mean", "none"):
+        w = reward_weights(r, tau=1.0, normalize=norm, valid=valid)
+        assert torch.isfinite(w).all()
+        assert w[1] == 0 and w[3] == 0
+    w = reward_weights(r, tau=1.0, valid=valid)
+    assert w[valid].mean().item() == pytest.approx(1.0)
+    with pytest.raises(RewardError, match="overflowed"):
+        reward_weights(torch.tensor([1000.0, 0.0]), tau=1.0, normalize="none")
+
+
+def test_standardized_weights_are_scale_free():
+    r = torch.tensor([0.1, 0.5, -0.3, 2.0])
+    a = reward_weights(r, tau=1.0, standardize=True)
+    b = reward_weights(10 * r + 3, tau=1.0, standardize=True)
+    torch.testing.assert_close(a, b)
+
+
+# --------------------------------------------------------------------------- loss structure
+
+
+def _fixed_batch(obj, x1, r):
+    obj.next_batch = lambda model, step, generator: (x1, {}, r, torch.isfinite(r))
+
+
+def _grads(model, obj, seed):
+    model.zero_grad()
+    out = obj.loss(model, step=0, generator=torch.Generator().manual_seed(seed))
+    out.loss.backward()
+    return torch.cat([p.grad.flatten() for p in model.parameters()]), out.loss.detach()
+
+
+def test_scale_equivalence_weights_times_c_with_alpha_times_c(gaussian_base):
+    """Raw weights x c (a reward offset log(c)/tau) with alpha x c scales the loss and every gradient by c.
+
+    Gradients proportional at every theta give the same stationary points: the same minimiser.
+    """
+    x1 = torch.randn(64, 2, generator=torch.Generator().manual_seed(1))
+    r = -(x1**2).sum(1)
+    tau, alpha, c = 0.7, 0.4, 3.0
+    _, model, obj1, _, _ = make_objective(gaussian_base, lambda x: -(x**2).sum(1), weights="none", tau=tau, alpha=alpha)
+    _fixed_batch(obj1, x1, r)
+    g1, l1 = _grads(model, obj1, seed=5)
+    _, _, obj2, _, _ = make_objective(gaussian_base, lambda x: -(x**2).sum(1), weights="none", tau=tau, alpha=alpha * c)
+    _fixed_batch(obj2, x1, r + math.log(c) / tau)
+    g2, l2 = _grads(model, obj2, seed=5)
+    assert l2.item() == pytest.approx(c * l1.item(), rel=1e-5)
+    torch.testing.assert_close(g2, c * g1, rtol=1e-4, atol=1e-6)
+    # with mean-normalised weights the offset changes nothing at all
+    _, _, obj3, _, _ = make_objective(gaussian_base, lambda x: -(x**2).sum(1), tau=tau, alpha=alpha)
+    _fixed_batch(obj3, x1, r)
+    g3, _ = _grads(model, obj3, seed=5)
+    _fixed_batch(obj3, x1, r + 17.0)
+    g4, _ = _grads(model, obj3, seed=5)
+    torch.testing.assert_close(g3, g4)
+
+
+def test_w2_term_is_not_reward_weighted(gaussian_base):
+    """alpha's term is E||v - v_ref||^2 with no w: at theta = theta_ref it and its gradient vanish."""
+    x1 = torch.randn(64, 2, generator=torch.Generator().manual_seed(2))
+    _, model, obj, _, _ = make_objective(gaussian_base, lambda x: x[:, 0], alpha=5.0)
+    _fixed_batch(obj, x1, x1[:, 0] * 10)
+    out = obj.loss(model, step=0, generator=torch.Generator().manual_seed(0))
+    assert out.metrics["w2_bound"] == pytest.approx(0.0, abs=1e-12)  # model == reference at the start
+
+
+@pytest.mark.parametrize("coupling", ["ot", "sinkhorn"])
+def test_weights_follow_their_samples_under_ot(gaussian_base, coupling):
+    """Regression for torchcfm #142: after OT re-pairing, w[i] must still be the weight of x1[i]."""
+    reward = lambda x: 3.0 * x[:, 0] - x[:, 1] ** 2  # noqa: E731
+    _, model, obj, cfg, g = make_objective(gaussian_base, reward, coupling=coupling, tau=1.0)
+    used = []
+    inner = obj.coupling
+    obj.coupling = lambda x0, x1, generator=None: used.append(inner(x0, x1, generator=generator)) or used[-1]
+    s, w, cond, r, valid = obj.weighted_batch(model, 0, torch.Generator().manual_seed(3))
+    assert not torch.equal(used[0].index1, torch.arange(len(w)))  # the coupling did re-pair the batch
+    base = load_run(gaussian_base)
+    expected = reward_weights(reward(base.normalizer.decode(s.x1)), tau=1.0)
+    # expected is computed from the paired x1 itself: equal only if the weights followed the pairs
+    torch.testing.assert_close(w, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_linear_reward_shifts_the_mean_without_shrinking(gaussian_base):
+    """r = b.x on a Gaussian: q_N = N(mu + N tau Sigma b, Sigma) - no collapse (the negative control)."""
+    b = torch.tensor([1.0, 2.0])
+    tau, K = 0.25, 500
+    reward = lambda x: x @ b  # noqa: E731
+    train = TrainConfig(steps=2 * K, batch_size=256, lr=1e-3, warmup_steps=20, ema_decay=0.0, log_every=K)
+    base, model, obj, cfg, g = make_objective(gaussian_base, reward, method="orw", tau=tau, refresh_every=K,
+                                              rollout_solver="heun", rollout_steps=10, train=train)
+    Trainer(model, obj, train, generator=g).fit()
+    z = integrate(model.eval(), torch.randn(4000, 2, generator=torch.Generator().manual_seed(9)), solver="heun", steps=50).x
+    x = base.normalizer.decode(z).numpy()
+    expected_mean = 2 * tau * COV @ b.numpy()  # N = 2 refreshes
+    cov = np.cov(x.T)
+    np.testing.assert_allclose(x.mean(0), expected_mean, atol=0.1 * math.sqrt(COV[1, 1]) * 2)
+    np.testing.assert_allclose(np.diag(cov), np.diag(COV), rtol=0.1)  # variances within 10 %
+
+
+def test_conditional_models_pass_labels_to_rollout_reward_and_loss(tmp_path):
+    pretrain(PretrainConfig(data="digits:0,1", conditional=True, train=TrainConfig(steps=5, batch_size=16)),
+             tmp_path / "base", progress="quiet")
+    seen = {}
+
+    def reward(x, y=None):
+        seen["y"] = y
+        return torch.zeros(x.shape[0])
+
+    _, model, obj, _, g = make_objective(tmp_path / "base", reward, rollout_steps=2)
+    calls = []
+    original = model.forward
+    model.forward = lambda t, x, y=None, **kw: (calls.append(y), original(t, x, y=y))[1]
+    obj.loss(model, step=0, generator=g)
+    assert seen["y"] is not None and seen["y"].shape == (64,)
+    assert calls and calls[-1] is not None
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError) as err:
+        align(AlignConfig(base="x", alpha=-1, tau=0, refresh_every=0, method="orw-w2"), None)
+    msg = str(err.value)
+    assert "--alpha" in msg and "--tau" in msg and "--refresh-every" in msg
