@@ -22,6 +22,16 @@ def _plt():
     return plt
 
 
+def _save(fig, path: str | Path) -> None:
+    """Lay out, write atomically as PNG, and free the figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
 def image_grid(x: Tensor | np.ndarray, *, ncol: int | None = None, pad: int = 1) -> np.ndarray:
     """Tile images ``[N, C, H, W]`` in [-1, 1] into one ``[H', W', C]`` array in [0, 1]."""
     arr = x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
@@ -58,10 +68,7 @@ def save_samples_png(x: Tensor, path: str | Path, *, title: str | None = None, r
         raise ConfigError(f"a PNG needs images or 2-D points, but samples have shape {tuple(x.shape[1:])}; write .npy instead")
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _read_jsonl(path: str | Path) -> list[dict]:
@@ -92,10 +99,7 @@ def save_training_curves(metrics_path: str | Path, out: str | Path, *, title: st
         ax.set_title(f"{label} ({key})"), ax.set_xlabel("step")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    _save(fig, out)
 
 
 def save_pareto(points: list[dict], out: str | Path, *, title: str | None = None, extra: list[dict] | None = None) -> None:
@@ -113,7 +117,4 @@ def save_pareto(points: list[dict], out: str | Path, *, title: str | None = None
     ax.legend()
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    _save(fig, out)

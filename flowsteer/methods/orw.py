@@ -434,17 +434,14 @@ def align_sweep(config: AlignConfig, alphas: list[float], out: str | Path, *, pr
     out = Path(out)
     points = []
     for a in alphas:
-        method = config.method if a > 0 or config.method != "orw-w2" else "orw-w2"
         cfg = copy.deepcopy(config)
-        cfg.alpha, cfg.method = float(a), method
+        cfg.alpha = float(a)
         run = align(cfg, out / f"alpha-{a:g}", progress=progress)
         points.append({"alpha": float(a), "run": str(out / f"alpha-{a:g}"), **run.config["final"]})
-    summary = {"reward": settings_reward(config), "method": config.method, "tau": config.tau,
+    reward = config.reward if isinstance(config.reward, str) else reward_name(config.reward)
+    summary = {"reward": reward, "method": config.method, "tau": config.tau,
                "steps": config.train.steps, "points": points}
     atomic_write_json(out / "sweep.json", summary)
     save_pareto(points, out / "pareto.png", title=f"{config.method}: reward vs diversity over alpha")
     return summary
 
-
-def settings_reward(config: AlignConfig) -> str:
-    return config.reward if isinstance(config.reward, str) else reward_name(config.reward)
