@@ -177,3 +177,44 @@ def test_config_validation():
         align(AlignConfig(base="x", alpha=-1, tau=0, refresh_every=0, method="orw-w2"), None)
     msg = str(err.value)
     assert "--alpha" in msg and "--tau" in msg and "--refresh-every" in msg
+
+
+def test_raft_keeps_the_top_fraction_unweighted(gaussian_base):
+    _, model, obj, _, _ = make_objective(gaussian_base, lambda x: x[:, 0], method="raft", raft_fraction=0.25)
+    r = torch.tensor([0.1, 0.9, 0.5, 0.3, 0.7, 0.2, 0.8, 0.4])
+    w = obj.weights(r, torch.ones(8, dtype=torch.bool))
+    assert torch.equal(w > 0, r >= 0.8)  # the top 2 of 8
+    assert w[w > 0].unique().tolist() == [4.0] and w.mean().item() == pytest.approx(1.0)  # plain CFM on the kept ones
+    assert obj.alpha == 0.0  # no W2 term unless --w2
+    _, _, obj_w2, _, _ = make_objective(gaussian_base, lambda x: x[:, 0], method="raft", w2=True, alpha=0.5)
+    assert obj_w2.alpha == 0.5
+
+
+def test_rwr_trains_on_one_fixed_reference_set(gaussian_base):
+    calls = []
+
+    def reward(x):
+        calls.append(x.shape[0])
+        return x[:, 0]
+
+    _, model, obj, _, g = make_objective(gaussian_base, reward, method="rwr", rwr_samples=256)
+    assert obj.offline["x"].shape == (256, 2) and sum(calls) == 256  # scored once, up front
+    x1, _, r, _ = obj.next_batch(model, 0, g)
+    rows = {tuple(v) for v in obj.offline["x"].tolist()}
+    assert all(tuple(v) in rows for v in x1.tolist())  # every batch comes from the fixed set
+    for step in range(3):
+        obj.loss(model, step=step, generator=g)
+    assert sum(calls) == 256 and obj.policy is None  # never re-scored, no online policy
+
+
+def test_orw_policy_is_lagged_by_k_steps(gaussian_base):
+    _, model, obj, cfg, g = make_objective(gaussian_base, lambda x: x[:, 0], refresh_every=3, rollout_steps=2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    snapshots = []
+    for step in range(5):
+        obj.loss(model, step=step, generator=g).loss.backward()
+        snapshots.append(obj.policy.out.weight.detach().clone())
+        opt.step(), opt.zero_grad()
+    assert torch.equal(snapshots[0], snapshots[1]) and torch.equal(snapshots[1], snapshots[2])  # frozen for K steps
+    assert not torch.equal(snapshots[2], snapshots[3])  # refreshed at step 3 from the trained model
+    assert torch.equal(snapshots[3], snapshots[4])
