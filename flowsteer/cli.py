@@ -3,6 +3,7 @@
     flowsteer pretrain --data NAME|PATH --out DIR [options]
     flowsteer sample   --model DIR --n N --out FILE.npy|FILE.png [options]
     flowsteer align    --base RUN_DIR --reward SPEC --out DIR [options]
+    flowsteer adapt    --base RUN_DIR --target NAME|PATH --out DIR [options]
     flowsteer demo     [--out DIR] [--fast]
 
 Every option can also come from ``--config FILE.yaml`` (keys are the option
@@ -41,10 +42,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                      help="progress display: a bar on a terminal, log lines otherwise (default: auto)")
 
 
-def _add_train_options(p: argparse.ArgumentParser, *, align: bool = False) -> None:
-    from .config import TrainConfig, align_train_defaults
+def _add_train_options(p: argparse.ArgumentParser, *, align: bool = False, adapt: bool = False) -> None:
+    from .config import TrainConfig, adapt_train_defaults, align_train_defaults
 
-    d = align_train_defaults() if align else TrainConfig()
+    d = align_train_defaults() if align else adapt_train_defaults() if adapt else TrainConfig()
     g = p.add_argument_group("optimisation")
     g.add_argument("--steps", type=int, default=d.steps, help=f"gradient steps (default: {d.steps})")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help=f"samples per step (default: {d.batch_size})")
@@ -64,8 +65,8 @@ def _add_train_options(p: argparse.ArgumentParser, *, align: bool = False) -> No
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .config import (ALIGN_DEFAULT_ALPHA, ALIGN_DEFAULT_TAU, ALIGN_METHODS, COUPLINGS, MODEL_KINDS, SOLVERS,
-                         TIME_SAMPLERS)
+    from .config import (ALIGN_DEFAULT_ALPHA, ALIGN_DEFAULT_TAU, ALIGN_METHODS, COUPLINGS, MODEL_KINDS, SCHEDULES,
+                         SOLVERS, TIME_SAMPLERS)
 
     parser = _Parser(prog="flowsteer", description="Fine-tune flow-matching generative models.")
     parser.add_argument("--version", action="version", version=f"flowsteer {__version__}")
@@ -140,6 +141,27 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--resume", action="store_true", help="continue the run in --out from its saved state")
     _add_train_options(a, align=True)
     _add_common(a)
+
+    g = sub.add_parser("adapt", help="fine-tune a run toward target samples (GFT or SFT)",
+                       description="Adapt a pretrained run to a new distribution given samples of it, with gradual "
+                                   "fine-tuning (GFT: a temperature schedule from the pretrained drift to the target) "
+                                   "or standard fine-tuning (SFT).")
+    g.add_argument("--base", metavar="RUN_DIR", help="the pretrained run folder (v_pre)")
+    g.add_argument("--target", metavar="NAME|PATH", help="target samples: a data set name (e.g. moons, digits:5-9) or a file")
+    g.add_argument("--out", metavar="DIR", help="run folder to write")
+    g.add_argument("--method", choices=("gft", "sft"), default="gft", help="gft (default) or sft (tau = 0 throughout)")
+    g.add_argument("--schedule", choices=SCHEDULES, default="geometric", help="temperature schedule (default: geometric)")
+    g.add_argument("--tau0", type=float, default=10.0, help="temperature of the first stage (default: 10)")
+    g.add_argument("--stages", type=int, default=4, help="stages with tau > 0 before the final tau = 0 phase (default: 4)")
+    g.add_argument("--final-fraction", type=float, default=0.25, help="share of the steps at tau = 0 (default: 0.25)")
+    g.add_argument("--no-divide", action="store_true", help="do not divide the loss by 1 + tau")
+    g.add_argument("--coupling", choices=COUPLINGS, default="independent", help="noise-target pairing (default: independent)")
+    g.add_argument("--sigma", type=float, default=None, help="diffusion of a stochastic flow; must equal the base's (default: the base's)")
+    g.add_argument("--n-target", type=int, default=None, help="use only N target samples (the limited-data regime)")
+    g.add_argument("--eval-every", type=int, default=500, help="steps between evaluations (default: 500)")
+    g.add_argument("--resume", action="store_true", help="continue the run in --out from its saved state")
+    _add_train_options(g, adapt=True)
+    _add_common(g)
 
     d = sub.add_parser("demo", help="the main job: pretrain on digits and sample it",
                        description="Pretrain a flow model on sklearn's 8x8 digits and draw a grid of samples.")
@@ -353,6 +375,30 @@ def cmd_align(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_adapt(args: argparse.Namespace) -> int:
+    from .methods.gft import AdaptConfig, adapt
+    from .runs import read_config
+
+    _require(args, "base", "target", "out")
+    out = Path(args.out)
+    _check_out_dir(out, args.resume)
+    read_config(args.base)
+    config = AdaptConfig(
+        base=args.base, target=args.target, method=args.method, schedule=args.schedule, tau0=args.tau0,
+        stages=args.stages, final_fraction=args.final_fraction, divide=not args.no_divide, coupling=args.coupling,
+        sigma=args.sigma, n_target=args.n_target, eval_every=args.eval_every, train=_train_config(args),
+    )
+    if args.method == "gft" and args.final_fraction == 0:
+        print("flowsteer: warning: --final-fraction 0: the schedule never reaches tau = 0, so the model stops at a "
+              "blend of the base and the target; give --final-fraction > 0 to reach the target", file=sys.stderr)
+    run = adapt(config, out, progress=_progress_mode(args), resume=args.resume)
+    f = run.config["final"]
+    _say(args, f"saved run to {out}: W2 to target {f.get('w2_nfe50', float('nan')):.3f} at 50 NFE, "
+               f"{f.get('w2_nfe4', float('nan')):.3f} at 4 NFE"
+               + (f", path length {f['path_length']:.3f}" if "path_length" in f else ""))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -360,7 +406,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"pretrain": cmd_pretrain, "sample": cmd_sample, "align": cmd_align, "demo": cmd_demo}
+COMMANDS = {"pretrain": cmd_pretrain, "sample": cmd_sample, "align": cmd_align, "adapt": cmd_adapt, "demo": cmd_demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -14,6 +14,7 @@ MODEL_KINDS = ("mlp", "unet")
 TOYS = ("moons", "8gaussians", "checkerboard", "circles", "swissroll")
 TIME_SAMPLERS = ("uniform", "logit-normal")
 ALIGN_METHODS = ("orw-w2", "orw", "rwr", "raft")
+SCHEDULES = ("geometric", "linear", "cosine")
 # The documented default alpha: on the even-digits task it keeps P(even) >= 0.95 with class entropy
 # >= 1.45 nats (docs/results.md); alpha = 0 collapses, alpha = 1 barely moves the reward.
 ALIGN_DEFAULT_ALPHA = 0.15
@@ -73,3 +74,9 @@ def align_train_defaults() -> TrainConfig:
     """Optimisation defaults of fine-tuning: short warm-up, no EMA (runs are short), 1500 steps."""
     return TrainConfig(steps=1500, batch_size=256, lr=1e-3, warmup_steps=50, grad_clip=1.0, ema_decay=0.0,
                        log_every=50)
+
+
+def adapt_train_defaults() -> TrainConfig:
+    """Optimisation defaults of GFT / SFT: 2000 steps, short warm-up, no EMA."""
+    return TrainConfig(steps=2000, batch_size=256, lr=1e-3, warmup_steps=50, grad_clip=1.0, ema_decay=0.0,
+                       log_every=100)
