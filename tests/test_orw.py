@@ -113,12 +113,25 @@ def test_scale_equivalence_weights_times_c_with_alpha_times_c(gaussian_base):
 
 
 def test_w2_term_is_not_reward_weighted(gaussian_base):
-    """alpha's term is E||v - v_ref||^2 with no w: at theta = theta_ref it and its gradient vanish."""
+    """The alpha term is alpha * mean_i ||v - v_ref||^2 with no reward weight, checked against a direct computation."""
     x1 = torch.randn(64, 2, generator=torch.Generator().manual_seed(2))
-    _, model, obj, _, _ = make_objective(gaussian_base, lambda x: x[:, 0], alpha=5.0)
-    _fixed_batch(obj, x1, x1[:, 0] * 10)
-    out = obj.loss(model, step=0, generator=torch.Generator().manual_seed(0))
-    assert out.metrics["w2_bound"] == pytest.approx(0.0, abs=1e-12)  # model == reference at the start
+    r = 10 * x1[:, 0]  # extreme weights: weighting the W2 term would change it a lot
+    base, model, obj0, _, _ = make_objective(gaussian_base, lambda x: x[:, 0], alpha=0.0)
+    _, _, obj5, _, _ = make_objective(gaussian_base, lambda x: x[:, 0], alpha=5.0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    for obj in (obj0, obj5):
+        _fixed_batch(obj, x1, r)
+    l0 = obj0.loss(model, step=0, generator=torch.Generator().manual_seed(0)).loss
+    out5 = obj5.loss(model, step=0, generator=torch.Generator().manual_seed(0))
+    s, w, _, _, _ = obj5.weighted_batch(model, 0, torch.Generator().manual_seed(0))  # the same batch again
+    with torch.no_grad():
+        per_sample = ((model(s.t, s.x_t) - base.model(s.t, s.x_t)) ** 2).mean(1)
+    unweighted, weighted = per_sample.mean(), (w * per_sample).mean()
+    assert out5.metrics["w2_bound"] == pytest.approx(unweighted.item(), rel=1e-5)
+    assert (out5.loss - l0).item() == pytest.approx(5.0 * unweighted.item(), rel=1e-4)
+    assert abs(weighted.item() - unweighted.item()) > 0.1 * unweighted.item()  # the check can tell them apart
 
 
 @pytest.mark.parametrize("coupling", ["ot", "sinkhorn"])
