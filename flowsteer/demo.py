@@ -7,7 +7,6 @@ against the data's (a logistic-regression classifier labels the samples).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable
 

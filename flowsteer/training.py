@@ -18,7 +18,6 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import numpy as np

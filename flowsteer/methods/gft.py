@@ -17,7 +17,6 @@ scale does not jump between stages.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
