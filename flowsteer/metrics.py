@@ -5,6 +5,7 @@
 * :func:`mean_pairwise_distance` - diversity: mean L2 distance over distinct pairs.
 * :func:`class_histogram`, :func:`entropy`, :func:`total_variation` - for
   classifier-labelled samples.
+* :func:`frechet_distance`, :func:`path_metrics`, :func:`stability` - GFT's metrics.
 """
 
 from __future__ import annotations
@@ -93,3 +94,21 @@ def path_metrics(model, x0: Tensor, *, steps: int = 100, cond: dict | None = Non
     energy = ((steps_ / h) ** 2).sum(-1).sum(0).mul(h).mean()
     chord = ((traj[-1] - traj[0]) ** 2).sum(-1).mean()
     return {"path_length": float(length), "straightness": float(energy - chord)}
+
+
+def stability(history: list[dict], key: str, *, last: int = 3) -> dict[str, float | None]:
+    """Stability of ``key`` over the evaluations in ``history`` (dicts with ``step`` and ``key``).
+
+    ``{key}_last{last}_std``: the standard deviation over the last ``last`` evaluations after step 0
+    (small = settled); ``{key}_spearman_step``: Spearman's rank correlation of the metric with the
+    step over all evaluations after step 0 (-1 = improves monotonically, about 0 = noise).
+    None where there are too few evaluations (fewer than 2, resp. 3), so the result stays valid JSON.
+    """
+    from scipy.stats import spearmanr
+
+    pts = [(h["step"], h[key]) for h in history if h.get("step", 0) > 0 and key in h]
+    values = np.array([v for _, v in pts], dtype=np.float64)
+    tail = values[-last:]
+    std = float(np.std(tail)) if len(tail) >= 2 else None
+    rho = float(spearmanr([s for s, _ in pts], values).statistic) if len(pts) >= 3 else None
+    return {f"{key}_last{last}_std": std, f"{key}_spearman_step": rho}

@@ -118,3 +118,46 @@ def save_pareto(points: list[dict], out: str | Path, *, title: str | None = None
     if title:
         ax.set_title(title)
     _save(fig, out)
+
+
+def _nfe_keys(record: dict, prefix: str) -> list[tuple[int, str]]:
+    keys = [(int(k[len(prefix):]), k) for k in record if k.startswith(prefix) and k[len(prefix):].isdigit()]
+    return sorted(keys)
+
+
+def save_metric_vs_step(history: list[dict], out: str | Path, *, title: str | None = None,
+                        metrics: tuple[str, ...] = ("w2", "fd")) -> None:
+    """One panel per metric family (``w2_nfe*``, ``fd_nfe*``): value against training step, one line per NFE."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 3.8), dpi=100, squeeze=False)
+    names = {"w2": "W2 to held-out target", "fd": "Frechet distance (features)"}
+    for ax, family in zip(axes[0], metrics):
+        if history:
+            for nfe, key in _nfe_keys(history[-1], f"{family}_nfe"):
+                pts = [(h["step"], h[key]) for h in history if key in h]
+                ax.plot(*zip(*pts), "o-", ms=3, label=f"NFE {nfe}")
+            ax.legend(fontsize=8)
+        ax.set_title(names.get(family, family)), ax.set_xlabel("step"), ax.set_yscale("log")
+    if title:
+        fig.suptitle(title)
+    _save(fig, out)
+
+
+def save_metric_vs_nfe(finals: dict[str, dict], out: str | Path, *, title: str | None = None,
+                       metrics: tuple[str, ...] = ("w2", "fd")) -> None:
+    """Final ``w2_nfe*`` / ``fd_nfe*`` against the number of Euler steps, one line per run (label -> metrics)."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 3.8), dpi=100, squeeze=False)
+    names = {"w2": "W2 to held-out target", "fd": "Frechet distance (features)"}
+    for ax, family in zip(axes[0], metrics):
+        for label, final in finals.items():
+            pts = [(nfe, final[key]) for nfe, key in _nfe_keys(final, f"{family}_nfe")]
+            if pts:
+                ax.plot(*zip(*pts), "o-", ms=4, label=label)
+        ax.set_xscale("log"), ax.set_yscale("log"), ax.set_xlabel("NFE (Euler steps)")
+        ax.set_title(names.get(family, family))
+        if finals:
+            ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    _save(fig, out)

@@ -149,6 +149,7 @@ class Trainer:
         self.evaluate_fn, self.eval_every = evaluate, eval_every
         self.last_eval: dict[str, Any] = {}
         self.last_eval_step = -1
+        self.eval_history: list[dict[str, Any]] = []
         cls = torch.optim.AdamW if config.weight_decay > 0 else torch.optim.Adam
         kwargs = {"weight_decay": config.weight_decay} if config.weight_decay > 0 else {}
         self.optimizer = cls([p for p in model.parameters() if p.requires_grad], lr=config.lr, **kwargs)
@@ -173,6 +174,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "rng": rng_state(self.generator),
+            "eval_history": list(self.eval_history),
         }
         objective_state = getattr(self.objective, "state_dict", None)
         if callable(objective_state):
@@ -188,6 +190,7 @@ class Trainer:
             for k, v in state["ema"].items():
                 self.ema.shadow[k].copy_(v)
         set_rng_state(self.generator, state["rng"])
+        self.eval_history = list(state.get("eval_history", []))
         if "objective" in state and hasattr(self.objective, "load_state_dict"):
             self.objective.load_state_dict(state["objective"])
 
@@ -203,6 +206,7 @@ class Trainer:
             metrics = self.evaluate_fn(self)
         self.model.train(was_training)
         self.last_eval, self.last_eval_step = metrics, self.step
+        self.eval_history = [h for h in self.eval_history if h["step"] != self.step] + [{"step": self.step, **metrics}]
         if self.log_fn is not None:
             self.log_fn({"step": self.step, "kind": "eval", **metrics})
         if self.progress is not None:

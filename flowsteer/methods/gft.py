@@ -29,7 +29,7 @@ from ..config import COUPLINGS, TrainConfig, adapt_train_defaults
 from ..couplings import build_coupling
 from ..data import load_data
 from ..errors import ConfigError, DataError
-from ..metrics import frechet_distance, path_metrics, wasserstein2
+from ..metrics import frechet_distance, path_metrics, stability, wasserstein2
 from ..models import build_model
 from ..paths import TimeSampler, build_path
 from ..runs import Run, load_run
@@ -205,12 +205,19 @@ def adapt(config: AdaptConfig, out: str | Path | None, *, progress: str = "auto"
     trainer = fit(model, objective, config.train, generator=generator, out=out_dir, run_config=run_config,
                   progress=progress, desc=f"adapt:{config.method}", resume=resume, evaluate=evaluator,
                   eval_every=config.eval_every)
-    run_config["final"] = {**trainer.last_eval, "steps": trainer.step}
+    quality_key = f"w2_nfe{max(config.eval_nfes)}"
+    run_config["final"] = {**trainer.last_eval, **stability(trainer.eval_history, quality_key), "steps": trainer.step}
     if out_dir is not None:
         from ..io import atomic_write_json
+        from ..plots import save_metric_vs_nfe, save_metric_vs_step
         from ..runs import write_config
 
         write_config(out_dir, {**run_config, "steps_done": trainer.step})
         atomic_write_json(out_dir / "final_metrics.json", run_config["final"])
+        label = f"{config.method} / {config.coupling}"
+        save_metric_vs_step(trainer.eval_history, out_dir / "metrics_vs_step.png", title=label)
+        first = trainer.eval_history[0] if trainer.eval_history and trainer.eval_history[0]["step"] == 0 else None
+        save_metric_vs_nfe({**({"base (step 0)": first} if first else {}), label: trainer.last_eval},
+                           out_dir / "metrics_vs_nfe.png", title=label)
     return Run(model=sampling_copy(trainer, spec, build_model), config={**run_config, "steps_done": trainer.step},
                path=out_dir)
