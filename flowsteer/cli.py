@@ -4,6 +4,8 @@
     flowsteer sample   --model DIR --n N --out FILE.npy|FILE.png [options]
     flowsteer align    --base RUN_DIR --reward SPEC --out DIR [options]
     flowsteer adapt    --base RUN_DIR --target NAME|PATH --out DIR [options]
+    flowsteer evaluate --model RUN_DIR [--reward SPEC] [--reference RUN_DIR] [--target NAME|PATH] --json FILE
+    flowsteer report   RUN_DIR... --out DIR
     flowsteer demo     [--out DIR] [--fast]
 
 Every option can also come from ``--config FILE.yaml`` (keys are the option
@@ -163,8 +165,33 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_options(g, adapt=True)
     _add_common(g)
 
-    d = sub.add_parser("demo", help="the main job: pretrain on digits and sample it",
-                       description="Pretrain a flow model on sklearn's 8x8 digits and draw a grid of samples.")
+    e = sub.add_parser("evaluate", help="metrics of a run folder as one JSON object",
+                       description="Evaluate a run folder: reward statistics, class histogram, diversity, W2 to a "
+                                   "reference run, W2 and Frechet distance to a target, quality per NFE, path length. "
+                                   "The same run, options and seed give identical JSON.")
+    e.add_argument("--model", metavar="RUN_DIR", help="the run folder to evaluate")
+    e.add_argument("--reward", metavar="SPEC", default=None, help="a reward spec, e.g. even-digits")
+    e.add_argument("--reference", metavar="RUN_DIR", default=None, help="a run to measure W2 to (e.g. the base)")
+    e.add_argument("--target", metavar="NAME|PATH", default=None, help="data whose held-out split W2/Frechet are measured to")
+    e.add_argument("--n", type=int, default=1000, help="number of samples (default: 1000)")
+    e.add_argument("--nfe", default="1,2,4,8,50", metavar="K[,K...]", help="numbers of steps (default: 1,2,4,8,50)")
+    e.add_argument("--seed", type=int, default=0, help="seed of the noise, labels and SDE (default: 0)")
+    e.add_argument("--json", metavar="FILE", help="where to write the JSON object ('-' = stdout)")
+    _add_common(e)
+
+    r = sub.add_parser("report", help="an HTML report of one or more run folders",
+                       description="Write a self-contained HTML page (and the PNGs it shows) comparing run folders: "
+                                   "samples beside their reference, training curves, the Pareto plot of a sweep, "
+                                   "metric-vs-NFE curves and a table of final metrics.  Opens from disk, no network.")
+    r.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders or sweep folders")
+    r.add_argument("--out", metavar="DIR", help="folder to write index.html and its images into")
+    r.add_argument("--title", default="flowsteer report", help="page title")
+    _add_common(r)
+
+    d = sub.add_parser("demo", help="the main job: pretrain, align, adapt, evaluate and report on digits",
+                       description="Pretrain on sklearn's 8x8 digits, align toward even digits at alpha = 0 and the "
+                                   "default alpha, adapt digits 0-4 to 5-9 with GFT and SFT, evaluate every run "
+                                   "and write an HTML report.")
     d.add_argument("--out", metavar="DIR", default="runs/demo", help="output folder (default: runs/demo)")
     d.add_argument("--fast", action="store_true", help="a short run for a quick look")
     _add_common(d)
@@ -399,6 +426,46 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_nfes(text: str) -> tuple[int, ...]:
+    try:
+        nfes = tuple(int(v) for v in str(text).split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"--nfe {text!r}: write whole numbers like 1,2,4,8,50") from None
+    if not nfes or min(nfes) < 1:
+        raise ConfigError(f"--nfe {text!r}: every number of steps must be >= 1")
+    return nfes
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from .evaluation import EvaluationConfig, evaluate
+    from .io import atomic_write_text
+
+    _require(args, "model", "json")
+    if args.json != "-" and not args.json.endswith(".json"):
+        raise ConfigError(f"--json {args.json!r}: give a file name ending in .json (or - for stdout)")
+    config = EvaluationConfig(model=args.model, reward=args.reward, reference=args.reference, target=args.target,
+                              n=args.n, nfes=_parse_nfes(args.nfe), seed=args.seed)
+    text = json.dumps(evaluate(config), indent=2, sort_keys=True) + "\n"
+    if args.json == "-":
+        sys.stdout.write(text)
+    else:
+        atomic_write_text(Path(args.json), text)
+        _say(args, f"wrote {args.json}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    _require(args, "out")
+    index = write_report([Path(r) for r in args.runs], Path(args.out), title=args.title,
+                         say=lambda t: _say(args, t))
+    _say(args, f"report: {index.resolve()}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -406,7 +473,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"pretrain": cmd_pretrain, "sample": cmd_sample, "align": cmd_align, "adapt": cmd_adapt, "demo": cmd_demo}
+COMMANDS = {"pretrain": cmd_pretrain, "sample": cmd_sample, "align": cmd_align, "adapt": cmd_adapt,
+            "evaluate": cmd_evaluate, "report": cmd_report, "demo": cmd_demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

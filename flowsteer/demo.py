@@ -1,53 +1,200 @@
-"""``flowsteer demo``: the main job with no arguments needed.
+"""``flowsteer demo``: the main job, with no arguments needed.
 
-Until the fine-tuning methods land, the demo pretrains a flow model on
-sklearn's 8x8 digits, samples a grid, and checks the sampled class mix
-against the data's (a logistic-regression classifier labels the samples).
+On sklearn's 8x8 digits (bundled with scikit-learn, nothing is downloaded) it
+
+1. pretrains two flow models: on all digits, and on digits 0-4;
+2. aligns the first toward even digits with ORW-CFM-W2 at alpha = 0 (plain ORW-CFM: mode collapse) and
+   at the default alpha (the cure), side by side, as a two-point alpha sweep (``align-even/``);
+3. adapts the second to digits 5-9 with GFT and with SFT (standard fine-tuning, same budget);
+4. evaluates every run (``evaluation.json`` in each folder, as ``flowsteer evaluate`` writes it);
+5. writes the HTML report ``OUT/report/index.html``.
+
+Independent jobs run two at a time in separate processes (one torch thread each) where the machine
+has two or more cores.  A finished run folder with the requested number of steps is reused, so a
+second ``flowsteer demo`` only redoes what is missing.  ``--fast`` shrinks every budget for a quick look
+(and for the tests); its figures are not meaningful.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
-import numpy as np
-
-
-def digit_classifier():
-    """Logistic regression fitted on all 1797 digits (pixels scaled to [-1, 1]); deterministic."""
-    from sklearn.datasets import load_digits
-    from sklearn.linear_model import LogisticRegression
-
-    d = load_digits()
-    return LogisticRegression(max_iter=5000).fit(d.images.reshape(-1, 64) / 8.0 - 1.0, d.target), d.target
+from .config import ALIGN_DEFAULT_ALPHA
 
 
-def run_demo(out: Path, *, fast: bool = False, progress: str = "auto", say: Callable[[str], None] = print) -> dict:
+@dataclass(frozen=True)
+class DemoBudget:
+    """Steps of each stage (``full`` for ``flowsteer demo``, ``fast`` for ``--fast``)."""
+
+    pretrain_steps: int
+    align_steps: int
+    align_eval_every: int
+    adapt_steps: int
+    adapt_eval_every: int
+    eval_samples: int
+    eval_nfes: tuple[int, ...]
+
+    @classmethod
+    def full(cls) -> "DemoBudget":
+        return cls(pretrain_steps=3000, align_steps=1500, align_eval_every=300, adapt_steps=1000,
+                   adapt_eval_every=250, eval_samples=1000, eval_nfes=(1, 2, 4, 8, 50))
+
+    @classmethod
+    def fast(cls) -> "DemoBudget":
+        return cls(pretrain_steps=300, align_steps=60, align_eval_every=30, adapt_steps=60, adapt_eval_every=30,
+                   eval_samples=200, eval_nfes=(1, 4, 20))
+
+
+def _finished(run_dir: Path, steps: int) -> bool:
+    """A run folder that completed ``steps`` steps (and so can be reused)."""
+    try:
+        cfg = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    done = (run_dir / "model.safetensors").is_file() and cfg.get("steps_done") == steps
+    return done and (cfg.get("method") == "pretrain" or "final" in cfg)
+
+
+def _job(kind: str, out: str, options: dict[str, Any]) -> tuple[str, float]:
+    """Run one stage in a worker process (one torch thread); returns (out, seconds)."""
+    import torch
+
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    out_dir = Path(out)
+    if kind == "pretrain":
+        from .config import TrainConfig
+        from .methods.pretrain import PretrainConfig, pretrain
+
+        pretrain(PretrainConfig(data=options["data"], train=TrainConfig(steps=options["steps"])), out_dir,
+                 progress="quiet")
+    elif kind == "align":
+        from .config import align_train_defaults
+        from .methods.orw import AlignConfig, align
+
+        train = align_train_defaults()
+        train.steps = options["steps"]
+        align(AlignConfig(base=options["base"], reward="even-digits", method=options["method"],
+                          alpha=options["alpha"], eval_every=options["eval_every"], train=train), out_dir,
+              progress="quiet")
+    elif kind == "adapt":
+        from .config import adapt_train_defaults
+        from .methods.gft import AdaptConfig, adapt
+
+        train = adapt_train_defaults()
+        train.steps = options["steps"]
+        adapt(AdaptConfig(base=options["base"], target="digits:5-9", method=options["method"],
+                          coupling=options["coupling"], eval_every=options["eval_every"], train=train), out_dir,
+              progress="quiet")
+    elif kind == "evaluate":
+        from .evaluation import EvaluationConfig, evaluate
+        from .io import atomic_write_text
+
+        result = evaluate(EvaluationConfig(model=out, reward=options.get("reward"), reference=options.get("reference"),
+                                           target=options.get("target"), n=options["n"], nfes=options["nfes"]))
+        atomic_write_text(out_dir / "evaluation.json", json.dumps(result, indent=2, sort_keys=True) + "\n")
+    else:  # pragma: no cover - programming error
+        raise ValueError(kind)
+    return out, time.perf_counter() - start
+
+
+def run_demo(out: Path, *, fast: bool = False, progress: str = "auto", say: Callable[[str], None] = print,
+             workers: int | None = None) -> dict[str, Any]:
+    """Run the whole demo into ``out``; returns the summary also written to ``out/summary.json``."""
     from .io import atomic_write_json
-    from .methods.pretrain import PretrainConfig, pretrain
-    from .metrics import class_histogram, entropy, total_variation
-    from .plots import save_samples_png
-    from .config import TrainConfig
+    from .report import write_report
 
+    budget = DemoBudget.fast() if fast else DemoBudget.full()
+    workers = workers or max(1, min(2, os.cpu_count() or 1))
     out.mkdir(parents=True, exist_ok=True)
-    steps = 800 if fast else TrainConfig().steps
-    say(f"[1/2] pretraining a flow model on the 8x8 digits ({steps} steps) -> {out / 'pretrain'}")
-    run = pretrain(PretrainConfig(data="digits", train=TrainConfig(steps=steps)), out / "pretrain", progress=progress)
-    say("[2/2] sampling 2000 digits and checking their class mix")
-    x = run.sample(2000, seed=0).x
-    save_samples_png(x[:100], out / "samples.png", title="flowsteer: pretrained on 8x8 digits")
-    clf, labels = digit_classifier()
-    pred = clf.predict(np.clip(x.reshape(len(x), -1).numpy(), -1, 1))
-    hist, data_hist = class_histogram(pred, 10), class_histogram(labels, 10)
-    summary = {
-        "steps": steps,
-        "class_histogram": hist.round(4).tolist(),
-        "data_class_histogram": data_hist.round(4).tolist(),
-        "total_variation_to_data": round(total_variation(hist, data_hist), 4),
-        "class_entropy_nats": round(entropy(hist), 4),
-    }
+    t0 = time.perf_counter()
+    from .methods.orw import sweep_run_dir, write_sweep_summary
+
+    sweep = out / "align-even"
+    paths = {name: out / name for name in ("pretrain-digits", "pretrain-digits0-4", "adapt-gft", "adapt-sft")}
+    paths["align-alpha0"] = sweep_run_dir(sweep, 0.0)
+    paths["align-default"] = sweep_run_dir(sweep, ALIGN_DEFAULT_ALPHA)
+
+    def stage(title: str, jobs: list[tuple[str, Path, dict[str, Any], int | None]]) -> None:
+        todo = []
+        for kind, run_dir, options, steps in jobs:
+            if steps is not None and _finished(run_dir, steps):
+                say(f"  reusing {run_dir} (finished)")
+                continue
+            if steps is not None and run_dir.exists():
+                shutil.rmtree(run_dir)  # an unfinished or differently sized run: start it again
+            todo.append((kind, str(run_dir), options))
+        if not todo:
+            return
+        say(f"{title} ({len(todo)} job(s), {min(workers, len(todo))} at a time)")
+        if workers == 1 or len(todo) == 1:
+            results = [_job(*job) for job in todo]
+        else:
+            with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+                results = list(pool.map(_job, *zip(*todo)))
+        for run_dir, seconds in results:
+            say(f"  {run_dir}: {seconds:.0f} s")
+
+    b = budget
+    stage("[1/5] pretraining on digits and on digits 0-4", [
+        ("pretrain", paths["pretrain-digits"], {"data": "digits", "steps": b.pretrain_steps}, b.pretrain_steps),
+        ("pretrain", paths["pretrain-digits0-4"], {"data": "digits:0-4", "steps": b.pretrain_steps}, b.pretrain_steps),
+    ])
+    stage(f"[2/5] aligning toward even digits: alpha = 0 and the default alpha = {ALIGN_DEFAULT_ALPHA:g}", [
+        ("align", paths["align-alpha0"], {"base": str(paths["pretrain-digits"]), "method": "orw-w2", "alpha": 0.0,
+                                          "steps": b.align_steps, "eval_every": b.align_eval_every}, b.align_steps),
+        ("align", paths["align-default"], {"base": str(paths["pretrain-digits"]), "method": "orw-w2",
+                                           "alpha": ALIGN_DEFAULT_ALPHA, "steps": b.align_steps,
+                                           "eval_every": b.align_eval_every}, b.align_steps),
+    ])
+    stage("[3/5] adapting digits 0-4 to digits 5-9 with GFT and SFT", [
+        ("adapt", paths[f"adapt-{m}"], {"base": str(paths["pretrain-digits0-4"]), "method": m, "coupling": "ot",
+                                        "steps": b.adapt_steps, "eval_every": b.adapt_eval_every}, b.adapt_steps)
+        for m in ("gft", "sft")
+    ])
+    ev = {"n": b.eval_samples, "nfes": b.eval_nfes}
+    stage("[4/5] evaluating every run", [
+        ("evaluate", paths["pretrain-digits"], {**ev, "reward": "even-digits", "target": "digits"}, None),
+        ("evaluate", paths["pretrain-digits0-4"], {**ev, "target": "digits:5-9"}, None),
+        *[("evaluate", paths[k], {**ev, "reward": "even-digits", "reference": str(paths["pretrain-digits"])}, None)
+          for k in ("align-alpha0", "align-default")],
+        *[("evaluate", paths[k], {**ev, "target": "digits:5-9", "reference": str(paths["pretrain-digits0-4"])}, None)
+          for k in ("adapt-gft", "adapt-sft")],
+    ])
+    say("[5/5] writing the report")
+    write_sweep_summary(sweep, [paths["align-alpha0"], paths["align-default"]])
+    index = write_report([paths["pretrain-digits"], sweep, paths["pretrain-digits0-4"], paths["adapt-gft"],
+                          paths["adapt-sft"]], out / "report", title="flowsteer demo: 8x8 digits")
+
+    def evaluation(name: str) -> dict[str, Any]:
+        return json.loads((paths[name] / "evaluation.json").read_text(encoding="utf-8"))
+
+    summary: dict[str, Any] = {"fast": fast, "seconds": round(time.perf_counter() - t0, 1), "report": str(index)}
+    for name in ("pretrain-digits", "align-alpha0", "align-default"):
+        e = evaluation(name)
+        summary[name] = {"p_even": e["reward"]["mean"], "class_entropy": e["classes"]["entropy"],
+                         "top_class_share": e["classes"]["top_fraction"]}
+    for name in ("pretrain-digits0-4", "adapt-gft", "adapt-sft"):
+        e = evaluation(name)
+        summary[name] = {"w2_to_digits_5_9": e["target"]["w2"], "frechet_to_digits_5_9": e["target"]["frechet"],
+                         "w2_at_4_nfe": next(r["w2_target"] for r in e["per_nfe"] if r["nfe"] == 4)
+                         if any(r["nfe"] == 4 for r in e["per_nfe"]) else None}
     atomic_write_json(out / "summary.json", summary)
-    say(f"class mix of samples vs data: total variation {summary['total_variation_to_data']:.3f}, "
-        f"entropy {summary['class_entropy_nats']:.3f} nats (uniform over 10 = {np.log(10):.3f})")
-    say(f"samples: {out / 'samples.png'}   summary: {out / 'summary.json'}   run: {out / 'pretrain'}")
+    a0, ad = summary["align-alpha0"], summary["align-default"]
+    say(f"alpha = 0:        P(even) {a0['p_even']:.3f}, class entropy {a0['class_entropy']:.3f} nats "
+        f"(the top class is {100 * a0['top_class_share']:.0f} % of samples)")
+    say(f"alpha = {ALIGN_DEFAULT_ALPHA:g}:     P(even) {ad['p_even']:.3f}, class entropy {ad['class_entropy']:.3f} nats "
+        f"(ln 5 = 1.609 is uniform over the even digits)")
+    for name in ("pretrain-digits0-4", "adapt-gft", "adapt-sft"):
+        s = summary[name]
+        say(f"{name:17s} Frechet distance to digits 5-9 {s['frechet_to_digits_5_9']:.2f}, W2 {s['w2_to_digits_5_9']:.3f}")
+    say(f"done in {summary['seconds'] / 60:.1f} min. Open the report: {index.resolve()}")
     return summary

@@ -73,8 +73,7 @@ def frechet_distance(a: Tensor | np.ndarray, b: Tensor | np.ndarray) -> float:
     fa, fb = _flat64(a), _flat64(b)
     mu_a, mu_b = fa.mean(0), fb.mean(0)
     sa, sb = np.atleast_2d(np.cov(fa, rowvar=False)), np.atleast_2d(np.cov(fb, rowvar=False))
-    covmean, _ = linalg.sqrtm(sa @ sb, disp=False)
-    covmean = covmean.real
+    covmean = np.real(linalg.sqrtm(sa @ sb))
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(sa + sb - 2 * covmean))
 
 

@@ -161,3 +161,63 @@ def save_metric_vs_nfe(finals: dict[str, dict], out: str | Path, *, title: str |
     if title:
         fig.suptitle(title)
     _save(fig, out)
+
+
+def save_panels(panels: list[tuple[str, Tensor]], path: str | Path, *, title: str | None = None,
+                n_images: int = 64) -> None:
+    """Sample sets side by side, one panel each: image grids (``[N, C, H, W]``) or 2-D scatters (``[N, 2]``).
+
+    ``panels`` is a list of ``(caption, samples)``; all scatters share their axis limits.
+    """
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.9), dpi=100, squeeze=False)
+    points = [torch.as_tensor(x).detach().cpu() for _, x in panels]
+    if all(p.dim() == 2 and p.shape[1] == 2 for p in points):
+        allp = torch.cat(points)
+        lo, hi = allp.quantile(0.002, dim=0), allp.quantile(0.998, dim=0)
+        pad = 0.08 * (hi - lo)
+    for ax, (caption, _), x in zip(axes[0], panels, points):
+        if x.dim() == 4:
+            grid = image_grid(x[:n_images])
+            ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=1,
+                      interpolation="nearest")
+            ax.axis("off")
+        elif x.dim() == 2 and x.shape[1] == 2:
+            ax.scatter(x[:, 0], x[:, 1], s=2, alpha=0.5, c="tab:blue")
+            ax.set_xlim(lo[0] - pad[0], hi[0] + pad[0]), ax.set_ylim(lo[1] - pad[1], hi[1] + pad[1])
+            ax.set_aspect("equal")
+        else:
+            raise ConfigError(f"a PNG needs images or 2-D points, but samples have shape {tuple(x.shape[1:])}")
+        ax.set_title(caption, fontsize=10)
+    if title:
+        fig.suptitle(title)
+    _save(fig, path)
+
+
+def save_loss_curve(metrics_path: str | Path, out: str | Path, *, title: str | None = None) -> None:
+    """Training loss (the logged running mean) against step."""
+    plt = _plt()
+    train = [r for r in _read_jsonl(metrics_path) if r.get("kind") == "train" and "loss" in r]
+    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=100)
+    if train:
+        ax.plot([r["step"] for r in train], [r["loss"] for r in train], color="tab:blue")
+    ax.set_xlabel("step"), ax.set_ylabel("loss"), ax.set_yscale("log")
+    ax.set_title(title or "training loss")
+    _save(fig, out)
+
+
+def save_curves_vs_nfe(series: dict[str, dict[int, float]], out: str | Path, *, ylabel: str,
+                       title: str | None = None, log_y: bool = False) -> None:
+    """One line per label: a metric against the number of solver steps."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=100)
+    for label, values in series.items():
+        pts = sorted(values.items())
+        ax.plot([k for k, _ in pts], [v for _, v in pts], "o-", ms=4, label=label)
+    ax.set_xscale("log"), ax.set_xlabel("NFE (solver steps)"), ax.set_ylabel(ylabel)
+    if log_y:
+        ax.set_yscale("log")
+    if series:
+        ax.legend(fontsize=8)
+    ax.set_title(title or f"{ylabel} vs NFE")
+    _save(fig, out)

@@ -428,20 +428,37 @@ def align(config: AlignConfig, out: str | Path | None, *, progress: str = "auto"
 
 def align_sweep(config: AlignConfig, alphas: list[float], out: str | Path, *, progress: str = "auto") -> dict[str, Any]:
     """Run :func:`align` once per alpha into ``out/alpha-A``; write ``sweep.json`` and ``pareto.png``."""
+    out = Path(out)
+    runs = []
+    for a in alphas:
+        cfg = copy.deepcopy(config)
+        cfg.alpha = float(a)
+        align(cfg, sweep_run_dir(out, a), progress=progress)
+        runs.append(sweep_run_dir(out, a))
+    return write_sweep_summary(out, runs)
+
+
+def sweep_run_dir(out: str | Path, alpha: float) -> Path:
+    """Where a sweep keeps its run for ``alpha``: ``out/alpha-A``."""
+    return Path(out) / f"alpha-{alpha:g}"
+
+
+def write_sweep_summary(out: str | Path, runs: list[Path]) -> dict[str, Any]:
+    """Write ``out/sweep.json`` and ``out/pareto.png`` from finished align runs of one base and reward."""
+    import json
+
     from ..io import atomic_write_json
     from ..plots import save_pareto
 
     out = Path(out)
-    points = []
-    for a in alphas:
-        cfg = copy.deepcopy(config)
-        cfg.alpha = float(a)
-        run = align(cfg, out / f"alpha-{a:g}", progress=progress)
-        points.append({"alpha": float(a), "run": str(out / f"alpha-{a:g}"), **run.config["final"]})
-    reward = config.reward if isinstance(config.reward, str) else reward_name(config.reward)
-    summary = {"reward": reward, "method": config.method, "tau": config.tau,
-               "steps": config.train.steps, "points": points}
+    points, settings = [], {}
+    for run in runs:
+        cfg = json.loads((Path(run) / "config.json").read_text(encoding="utf-8"))
+        settings = cfg["settings"]
+        points.append({"alpha": float(settings["alpha"]), "run": str(run), **cfg["final"]})
+    points.sort(key=lambda p: p["alpha"])
+    summary = {"reward": settings.get("reward"), "method": settings.get("method"), "tau": settings.get("tau"),
+               "steps": settings.get("train", {}).get("steps"), "points": points}
     atomic_write_json(out / "sweep.json", summary)
-    save_pareto(points, out / "pareto.png", title=f"{config.method}: reward vs diversity over alpha")
+    save_pareto(points, out / "pareto.png", title=f"{summary['method']}: reward vs diversity over alpha")
     return summary
-
