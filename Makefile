@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo reproduce bench clean
 
 setup: $(STAMP)
 
@@ -21,6 +21,9 @@ test: setup
 
 demo: setup
 	$(VENV)/bin/flowsteer demo
+
+reproduce: setup
+	$(PY) benchmarks/reproduce.py
 
 bench: setup
 	$(PY) benchmarks/bench_pretrain_step.py

@@ -130,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mean: w/mean(w), so alpha means the same for any reward scale (default); none: raw exp(tau*r)")
     a.add_argument("--standardize-reward", action="store_true", help="weight by the batch-standardised reward")
     a.add_argument("--coupling", choices=COUPLINGS, default="independent", help="noise-data pairing (weights follow it)")
+    a.add_argument("--misaligned-weights", action="store_true",
+                   help="do not re-order the weights with an OT re-pairing: reproduces the released code's bug, for comparison only")
     a.add_argument("--w2", action="store_true", help="add the W2 term to --method rwr or raft")
     a.add_argument("--w2-budget", type=float, default=None, metavar="EPS",
                    help="adapt alpha by dual ascent so that the W2-bound term stays <= EPS; reports the alpha it settles on")
@@ -375,7 +377,8 @@ def cmd_align(args: argparse.Namespace) -> int:
         refresh_every=args.refresh_every, rollout_solver=args.rollout_solver, rollout_steps=args.rollout_steps,
         weights=args.weights, standardize_reward=args.standardize_reward, coupling=args.coupling,
         raft_fraction=args.raft_fraction, rwr_samples=args.rwr_samples, w2=args.w2, w2_budget=args.w2_budget,
-        dual_lr=args.dual_lr, on_bad_reward=args.on_bad_reward, eval_every=args.eval_every,
+        dual_lr=args.dual_lr, misaligned_weights=args.misaligned_weights, on_bad_reward=args.on_bad_reward,
+        eval_every=args.eval_every,
         eval_samples=args.eval_samples, train=_train_config(args),
     )
     if args.method == "orw" and args.alpha is not None and any(a > 0 for a in alphas):

@@ -150,6 +150,17 @@ def test_weights_follow_their_samples_under_ot(gaussian_base, coupling):
     torch.testing.assert_close(w, expected, rtol=1e-5, atol=1e-6)
 
 
+def test_misaligned_weights_flag_reproduces_the_bug(gaussian_base):
+    """--misaligned-weights keeps rollout order: the same weights, attached to the wrong samples."""
+    reward = lambda x: 3.0 * x[:, 0] - x[:, 1] ** 2  # noqa: E731
+    _, model, obj, cfg, g = make_objective(gaussian_base, reward, coupling="ot", tau=1.0, misaligned_weights=True)
+    s, w, cond, r, valid = obj.weighted_batch(model, 0, torch.Generator().manual_seed(3))
+    base = load_run(gaussian_base)
+    paired = reward_weights(reward(base.normalizer.decode(s.x1)), tau=1.0)
+    torch.testing.assert_close(w.sort().values, paired.sort().values, rtol=1e-5, atol=1e-6)  # same multiset
+    assert (w - paired).abs().max() > 0.1  # but not on their samples
+
+
 def test_linear_reward_shifts_the_mean_without_shrinking(gaussian_base):
     """r = b.x on a Gaussian: q_N = N(mu + N tau Sigma b, Sigma) - no collapse (the negative control)."""
     b = torch.tensor([1.0, 2.0])

@@ -77,6 +77,8 @@ class AlignConfig:
         w2: add the W2 term to ``rwr`` / ``raft``.
         w2_budget: if set, adapt alpha so that the W2-bound term stays <= this.
         dual_lr: step of the dual ascent on alpha (per step, in units of alpha).
+        misaligned_weights: keep the weights in rollout order after an OT re-pairing, which attaches
+            them to the wrong samples (the released code's bug; only for reproducing its effect).
         on_bad_reward: ``stop`` (default) or ``skip`` samples whose reward is NaN/inf.
         eval_every, eval_samples, eval_solver, eval_steps: evaluation during training.
         train: the shared :class:`TrainConfig`.
@@ -98,6 +100,7 @@ class AlignConfig:
     w2: bool = False
     w2_budget: float | None = None
     dual_lr: float = 0.02
+    misaligned_weights: bool = False
     on_bad_reward: str = "stop"
     eval_every: int = 250
     eval_samples: int = 512
@@ -287,7 +290,8 @@ class RewardWeightedObjective:
         w = self.weights(r, valid)
         x0 = torch.randn(x1.shape, generator=generator)
         pairs = self.coupling(x0, x1, generator=generator)
-        w = w[pairs.index1]
+        if not self.cfg.misaligned_weights:
+            w = w[pairs.index1]
         cond = {k: v[pairs.index1] for k, v in cond.items()}
         t = self.time_sampler.sample(x1.shape[0], generator=generator)
         s = self.path.sample(pairs.x0, pairs.x1, t, generator=generator)
