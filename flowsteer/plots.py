@@ -169,8 +169,10 @@ def save_panels(panels: list[tuple[str, Tensor]], path: str | Path, *, title: st
 
     ``panels`` is a list of ``(caption, samples)``; all scatters share their axis limits.
     """
+    import textwrap
+
     plt = _plt()
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.9), dpi=100, squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 4.3), dpi=100, squeeze=False)
     points = [torch.as_tensor(x).detach().cpu() for _, x in panels]
     if all(p.dim() == 2 and p.shape[1] == 2 for p in points):
         allp = torch.cat(points)
@@ -188,7 +190,7 @@ def save_panels(panels: list[tuple[str, Tensor]], path: str | Path, *, title: st
             ax.set_aspect("equal")
         else:
             raise ConfigError(f"a PNG needs images or 2-D points, but samples have shape {tuple(x.shape[1:])}")
-        ax.set_title(caption, fontsize=10)
+        ax.set_title("\n".join(textwrap.wrap(caption, 38)), fontsize=9)
     if title:
         fig.suptitle(title)
     _save(fig, path)

@@ -244,7 +244,7 @@ def write_report(paths: list[Path], out: Path, *, title: str = "flowsteer report
             data = _data_samples(first.config.get("data", {}).get("spec", ""), n, shape)
             if data is not None:
                 panels.append(("training data", data))
-        panels += [(f"{r.label}\n{r.describe()}", sampler.samples(r.path)) for r in group]
+        panels += [(f"{r.label}: {r.describe()}", sampler.samples(r.path)) for r in group]
         if first.method == "adapt":
             spec = first.config.get("target", {}).get("spec")
             data = _data_samples(spec, n, shape) if spec else None
@@ -253,7 +253,7 @@ def write_report(paths: list[Path], out: Path, *, title: str = "flowsteer report
         name = f"samples-{i}.png"
         save_panels(panels, img / name)
         parts.append(f"<h3>{html.escape(heading)}</h3>")
-        parts.append(figure(name, "left to right: " + "; ".join(c.replace(chr(10), ' - ') for c, _ in panels)))
+        parts.append(figure(name, "left to right: " + "; ".join(c for c, _ in panels)))
 
     # 2. training curves
     parts.append("<h2>Training curves</h2>")
@@ -293,7 +293,12 @@ def write_report(paths: list[Path], out: Path, *, title: str = "flowsteer report
     evaluated = [r for r in runs if r.evaluation and r.evaluation.get("per_nfe")]
     keys = sorted({k for r in evaluated for row in r.evaluation["per_nfe"] for k in row if k != "nfe"})
     for key in keys:
-        series = {f"{r.label} ({r.describe()})": {int(row["nfe"]): row[key] for row in r.evaluation["per_nfe"] if key in row}
+        def name_of(r: ReportRun) -> str:
+            against = _dig(r.evaluation, "target.spec") if "target" in key else _dig(r.evaluation, "reward.spec") \
+                if key.startswith("reward") else None
+            return f"{r.label} ({r.describe()})" + (f" vs {against}" if against else "")
+
+        series = {name_of(r): {int(row["nfe"]): row[key] for row in r.evaluation["per_nfe"] if key in row}
                   for r in evaluated}
         series = {k: v for k, v in series.items() if v}
         name = f"nfe-eval-{key}.png"
