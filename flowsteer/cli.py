@@ -63,7 +63,11 @@ def _add_train_options(p: argparse.ArgumentParser, *, align: bool = False, adapt
     g.add_argument("--log-every", type=int, default=d.log_every,
                    help=f"steps between metrics.jsonl records (default: {d.log_every})")
     g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
-                   help="steps between checkpoints; 0 = only at the end (default: 0)")
+                   help="steps between checkpoint-STEP/ folders; 0 = only at the end (default: 0)")
+    g.add_argument("--keep-last", type=int, default=d.keep_last,
+                   help=f"checkpoint folders to keep (default: {d.keep_last})")
+    g.add_argument("--max-bad-steps", type=int, default=d.max_bad_steps,
+                   help=f"non-finite steps in a row (each skipped) that stop the run (default: {d.max_bad_steps})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--conditional", action="store_true", help="train a class-conditional model (needs labels)")
     p.add_argument("--normalize", choices=("auto", "standardize", "none"), default="auto",
                    help="auto: standardise vectors, keep images in [-1, 1] (default: auto)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its saved state")
+    p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="auto|checkpoint-STEP",
+                   help="continue the run in --out from its latest checkpoint (or the one named)")
     _add_train_options(p)
     _add_common(p)
 
@@ -130,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mean: w/mean(w), so alpha means the same for any reward scale (default); none: raw exp(tau*r)")
     a.add_argument("--standardize-reward", action="store_true", help="weight by the batch-standardised reward")
     a.add_argument("--coupling", choices=COUPLINGS, default="independent", help="noise-data pairing (weights follow it)")
+    a.add_argument("--reward-timeout", type=float, default=None, metavar="SECONDS",
+                   help="fail with a clear message when one reward call takes longer (default: no limit)")
     a.add_argument("--misaligned-weights", action="store_true",
                    help="do not re-order the weights with an OT re-pairing: reproduces the released code's bug, for comparison only")
     a.add_argument("--w2", action="store_true", help="add the W2 term to --method rwr or raft")
@@ -142,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop on a NaN/inf reward (default) or skip those samples")
     a.add_argument("--eval-every", type=int, default=250, help="steps between evaluations (default: 250)")
     a.add_argument("--eval-samples", type=int, default=512, help="samples per evaluation (default: 512)")
-    a.add_argument("--resume", action="store_true", help="continue the run in --out from its saved state")
+    a.add_argument("--resume", nargs="?", const="auto", default=None, metavar="auto|checkpoint-STEP",
+                   help="continue the run in --out from its latest checkpoint (or the one named)")
     _add_train_options(a, align=True)
     _add_common(a)
 
@@ -163,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sigma", type=float, default=None, help="diffusion of a stochastic flow; must equal the base's (default: the base's)")
     g.add_argument("--n-target", type=int, default=None, help="use only N target samples (the limited-data regime)")
     g.add_argument("--eval-every", type=int, default=500, help="steps between evaluations (default: 500)")
-    g.add_argument("--resume", action="store_true", help="continue the run in --out from its saved state")
+    g.add_argument("--resume", nargs="?", const="auto", default=None, metavar="auto|checkpoint-STEP",
+                   help="continue the run in --out from its latest checkpoint (or the one named)")
     _add_train_options(g, adapt=True)
     _add_common(g)
 
@@ -228,7 +237,9 @@ def _config_argv(parser: argparse.ArgumentParser, path: str) -> list[str]:
             unknown.append(str(key))
             continue
         flag = action.option_strings[-1]
-        if isinstance(action, argparse._StoreTrueAction):
+        if dest == "resume" and isinstance(value, bool):
+            argv += [flag] if value else []
+        elif isinstance(action, argparse._StoreTrueAction):
             if not isinstance(value, bool):
                 raise ConfigError(f"{path}: option {key!r} must be true or false, got {value!r}")
             if value:
@@ -336,11 +347,9 @@ def _train_config(args: argparse.Namespace):
     train = TrainConfig(
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
         grad_clip=args.grad_clip, ema_decay=args.ema_decay, weight_decay=args.weight_decay, seed=args.seed,
-        log_every=args.log_every, checkpoint_every=args.checkpoint_every,
+        log_every=args.log_every, checkpoint_every=args.checkpoint_every, keep_last=args.keep_last,
+        max_bad_steps=args.max_bad_steps,
     )
-    problems = train.validate()
-    if problems:
-        raise ConfigError("; ".join(problems))
     return train
 
 
@@ -377,9 +386,9 @@ def cmd_align(args: argparse.Namespace) -> int:
         refresh_every=args.refresh_every, rollout_solver=args.rollout_solver, rollout_steps=args.rollout_steps,
         weights=args.weights, standardize_reward=args.standardize_reward, coupling=args.coupling,
         raft_fraction=args.raft_fraction, rwr_samples=args.rwr_samples, w2=args.w2, w2_budget=args.w2_budget,
-        dual_lr=args.dual_lr, misaligned_weights=args.misaligned_weights, on_bad_reward=args.on_bad_reward,
-        eval_every=args.eval_every,
-        eval_samples=args.eval_samples, train=_train_config(args),
+        dual_lr=args.dual_lr, misaligned_weights=args.misaligned_weights, reward_timeout=args.reward_timeout,
+        on_bad_reward=args.on_bad_reward, eval_every=args.eval_every, eval_samples=args.eval_samples,
+        train=_train_config(args),
     )
     if args.method == "orw" and args.alpha is not None and any(a > 0 for a in alphas):
         raise ConfigError("--method orw is ORW-CFM without the W2 term (alpha = 0); use --method orw-w2 to set --alpha")
@@ -486,7 +495,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except FlowsteerError as exc:
         print(f"flowsteer: error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return int(getattr(exc, "exit_code", EXIT_USER_ERROR))
     except KeyboardInterrupt:
         print("flowsteer: interrupted", file=sys.stderr)
         return 130

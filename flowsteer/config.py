@@ -36,6 +36,9 @@ class TrainConfig:
         seed: seeds the model init and every random draw of the run.
         log_every: steps between ``metrics.jsonl`` records and log lines.
         checkpoint_every: steps between checkpoints (0 = only at the end).
+        keep_last: checkpoint folders to keep (older ones are deleted; the newest is never deleted).
+        max_bad_steps: consecutive non-finite steps (loss or gradient) that stop the run; each one
+            is skipped (no update), counted and logged.
     """
 
     steps: int = 4000
@@ -48,6 +51,8 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 100
     checkpoint_every: int = 0
+    keep_last: int = 2
+    max_bad_steps: int = 5
 
     def validate(self) -> list[str]:
         problems = []
@@ -67,6 +72,10 @@ class TrainConfig:
             problems.append(f"--log-every must be >= 1 (got {self.log_every})")
         if self.checkpoint_every < 0:
             problems.append(f"--checkpoint-every must be >= 0 (got {self.checkpoint_every})")
+        if self.keep_last < 1:
+            problems.append(f"--keep-last must be >= 1 (got {self.keep_last})")
+        if self.max_bad_steps < 1:
+            problems.append(f"--max-bad-steps must be >= 1 (got {self.max_bad_steps})")
         return problems
 
 

@@ -5,10 +5,13 @@ A run folder holds::
     config.json          format version, model spec, data shape and normalisation,
                          the path (sigma), every setting and the seed
     model.safetensors    the weights used for sampling (the EMA when enabled)
-    trainer_state.pt     raw weights, optimiser, scheduler, EMA, RNG states, step
     metrics.jsonl        one JSON record per logged step
+    checkpoint-STEP/     model.safetensors + trainer_state.pt (raw weights, optimiser, scheduler,
+                         EMA, RNG states, step, the method's own state); the newest ``keep_last``
+    latest               the name of the newest complete checkpoint folder
 
-Every file is written atomically (temporary file + rename).
+Every file is written atomically (temporary file + rename); a checkpoint folder is assembled under
+a temporary name and renamed into place, and ``latest`` moves only after that.
 """
 
 from __future__ import annotations
@@ -42,6 +45,86 @@ def save_weights(path: Path, state: dict[str, Tensor]) -> None:
 def save_trainer_state(path: Path, state: dict[str, Any]) -> None:
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
+
+
+LATEST_FILE, CHECKPOINT_PREFIX = "latest", "checkpoint-"
+
+
+def _checkpoint_step(path: Path) -> int | None:
+    tail = path.name[len(CHECKPOINT_PREFIX):]
+    return int(tail) if path.name.startswith(CHECKPOINT_PREFIX) and tail.isdigit() else None
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoint folders of a run, oldest first."""
+    found = [p for p in run_dir.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and _checkpoint_step(p) is not None]
+    return sorted(found, key=_checkpoint_step)
+
+
+def save_checkpoint(run_dir: Path, step: int, weights: dict[str, Tensor], state: dict[str, Any], *,
+                    keep_last: int) -> Path:
+    """Write ``run_dir/checkpoint-STEP/`` atomically, point ``latest`` at it, prune to ``keep_last``."""
+    import shutil
+    import tempfile
+
+    from .io import atomic_write_text
+
+    name = f"{CHECKPOINT_PREFIX}{step}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=run_dir))
+    try:
+        save_weights(tmp / WEIGHTS_FILE, weights)
+        save_trainer_state(tmp / STATE_FILE, state)
+        final = run_dir / name
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    atomic_write_text(run_dir / LATEST_FILE, name + "\n")
+    for old in list_checkpoints(run_dir)[:-keep_last]:
+        if old.name != name:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def resolve_checkpoint(run_dir: Path, which: str = "auto") -> Path | None:
+    """The checkpoint folder to resume from: ``latest`` (``auto``) or a named ``checkpoint-STEP``.
+
+    None when the run has no checkpoint yet.  A ``latest`` naming a missing folder falls back to
+    the newest complete one (a crash between the rename and the pointer update).
+    """
+    if which not in ("auto", "latest"):
+        path = run_dir / which
+        if _checkpoint_step(path) is None or not path.is_dir():
+            names = ", ".join(p.name for p in list_checkpoints(run_dir)) or "none"
+            raise RunFolderError(f"--resume {which!r}: no such checkpoint in {str(run_dir)!r} (found: {names}); "
+                                 "pass --resume alone for the latest")
+        return path
+    pointer = run_dir / LATEST_FILE
+    if pointer.is_file():
+        path = run_dir / pointer.read_text(encoding="utf-8").strip()
+        if path.is_dir() and _checkpoint_step(path) is not None:
+            return path
+    found = list_checkpoints(run_dir)
+    if found:
+        return found[-1]
+    legacy = run_dir / STATE_FILE  # runs written before checkpoint folders kept the state at the root
+    return run_dir if legacy.is_file() else None
+
+
+def load_trainer_state(checkpoint: Path) -> dict[str, Any]:
+    """Read ``trainer_state.pt`` of a checkpoint folder, with a one-line error if it is damaged."""
+    path = checkpoint / STATE_FILE
+    try:
+        state = torch.load(path, weights_only=False)
+        if not isinstance(state, dict) or "step" not in state:
+            raise ValueError("not a trainer state")
+        return state
+    except Exception as exc:
+        raise RunFolderError(
+            f"{path}: cannot read the checkpoint ({type(exc).__name__}); it is damaged - delete {checkpoint.name} "
+            "and resume from an older one (--resume checkpoint-STEP), or start the run again") from None
 
 
 def write_config(run_dir: Path, config: dict[str, Any]) -> None:

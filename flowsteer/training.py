@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import TrainConfig
-from .errors import ConfigError, FlowsteerError
+from .errors import ConfigError, Interrupted, TrainingStopped
 from .progress import Progress
 
 
@@ -150,6 +150,8 @@ class Trainer:
         self.last_eval: dict[str, Any] = {}
         self.last_eval_step = -1
         self.eval_history: list[dict[str, Any]] = []
+        self.skipped_steps = 0
+        self._stop_signal = 0
         cls = torch.optim.AdamW if config.weight_decay > 0 else torch.optim.Adam
         kwargs = {"weight_decay": config.weight_decay} if config.weight_decay > 0 else {}
         self.optimizer = cls([p for p in model.parameters() if p.requires_grad], lr=config.lr, **kwargs)
@@ -175,6 +177,7 @@ class Trainer:
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "rng": rng_state(self.generator),
             "eval_history": list(self.eval_history),
+            "skipped_steps": self.skipped_steps,
         }
         objective_state = getattr(self.objective, "state_dict", None)
         if callable(objective_state):
@@ -191,6 +194,7 @@ class Trainer:
                 self.ema.shadow[k].copy_(v)
         set_rng_state(self.generator, state["rng"])
         self.eval_history = list(state.get("eval_history", []))
+        self.skipped_steps = int(state.get("skipped_steps", 0))
         if "objective" in state and hasattr(self.objective, "load_state_dict"):
             self.objective.load_state_dict(state["objective"])
 
@@ -214,57 +218,114 @@ class Trainer:
             self.progress.log(self.step, dict(list(shown.items())[:4]))
         return metrics
 
+    def _step(self, params: list[Tensor]) -> tuple[StepOutput, Tensor | None, str | None]:
+        """One guarded optimisation step: returns (output, grad norm, None) or (output, None, why it was skipped)."""
+        cfg = self.config
+        out = self.objective.loss(self.model, step=self.step, generator=self.generator)
+        self.optimizer.zero_grad(set_to_none=True)
+        if not torch.isfinite(out.loss):
+            return out, None, f"non-finite loss ({out.loss.item()})"
+        out.loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        if not torch.isfinite(grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            return out, None, f"non-finite gradient (norm {grad_norm.item()})"
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.model, self.step)
+        return out, grad_norm, None
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self._stop_signal = signum
+
     def fit(self) -> TrainResult:
+        """Train to ``config.steps``.
+
+        A step whose loss or gradient is not finite is skipped (no update), counted in
+        ``skipped_steps`` and logged (``kind = "skip"``); ``config.max_bad_steps`` of them in a row
+        raise :class:`TrainingStopped`, leaving the last checkpoint as it was.  SIGINT / SIGTERM
+        (in the main thread) finish the current step, save a checkpoint and raise :class:`Interrupted`.
+        """
+        import signal
+        import threading
+
         cfg = self.config
         self.model.train()
         start = time.perf_counter()
         sums: dict[str, Tensor] = {}
         count = 0
         last_loss = float("nan")
+        bad_in_row = 0
         params = [p for p in self.model.parameters() if p.requires_grad]
-        if self.step == 0 and self.evaluate_fn is not None:
-            self.run_evaluation()
-        while self.step < cfg.steps:
-            out = self.objective.loss(self.model, step=self.step, generator=self.generator)
-            if not torch.isfinite(out.loss):
-                raise FlowsteerError(
-                    f"the loss became {out.loss.item()} at step {self.step}; lower --lr or check the data for extreme values"
-                )
-            self.optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-            self.optimizer.step()
-            self.scheduler.step()
-            if self.ema is not None:
-                self.ema.update(self.model, self.step)
-            self.step += 1
-            count += 1
-            for key, value in (("loss", out.loss.detach()), ("grad_norm", grad_norm.detach()), *out.metrics.items()):
-                v = value.detach() if isinstance(value, Tensor) else torch.tensor(float(value))
-                sums[key] = sums[key] + v if key in sums else v.clone()
-            if self.progress is not None:
-                self.progress.step()
-            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                record = {k: float(v) / count for k, v in sums.items()}
-                last_loss = record["loss"]
-                record = {"step": self.step, "kind": "train", **record, "lr": self.scheduler.get_last_lr()[0],
-                          "elapsed_s": round(time.perf_counter() - start, 3)}
-                if self.log_fn is not None:
-                    self.log_fn(record)
-                if self.progress is not None:
-                    self.progress.log(self.step, {"loss": record["loss"]})
-                sums, count = {}, 0
-            if self.eval_every and self.step % self.eval_every == 0 and self.step < cfg.steps:
+        self._stop_signal = 0
+        handlers = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                handlers[sig] = signal.signal(sig, self._on_signal)
+        try:
+            if self.step == 0 and self.evaluate_fn is not None:
                 self.run_evaluation()
-            if self.checkpoint_fn is not None and cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+            while self.step < cfg.steps:
+                out, grad_norm, skipped = self._step(params)
+                if skipped is not None:
+                    bad_in_row += 1
+                    self.skipped_steps += 1
+                    if self.log_fn is not None:
+                        self.log_fn({"step": self.step, "kind": "skip", "reason": skipped, "in_a_row": bad_in_row})
+                    if self.progress is not None:
+                        self.progress.message(f"step {self.step}: skipped ({skipped}); {bad_in_row} in a row")
+                    if bad_in_row >= cfg.max_bad_steps:
+                        raise TrainingStopped(
+                            f"stopped at step {self.step}: {bad_in_row} non-finite steps in a row ({skipped}); the last "
+                            "checkpoint is kept - lower --lr, check the data or reward for extreme values, or raise "
+                            "--max-bad-steps")
+                else:
+                    bad_in_row = 0
+                    for key, value in (("loss", out.loss.detach()), ("grad_norm", grad_norm.detach()), *out.metrics.items()):
+                        v = value.detach() if isinstance(value, Tensor) else torch.tensor(float(value))
+                        sums[key] = sums[key] + v if key in sums else v.clone()
+                    count += 1
+                self.step += 1
+                if self.progress is not None:
+                    self.progress.step()
+                if (self.step % cfg.log_every == 0 or self.step == cfg.steps) and count:
+                    record = {k: float(v) / count for k, v in sums.items()}
+                    last_loss = record["loss"]
+                    record = {"step": self.step, "kind": "train", **record, "lr": self.scheduler.get_last_lr()[0],
+                              "elapsed_s": round(time.perf_counter() - start, 3)}
+                    if self.log_fn is not None:
+                        self.log_fn(record)
+                    if self.progress is not None:
+                        self.progress.log(self.step, {"loss": record["loss"]})
+                    sums, count = {}, 0
+                if self.eval_every and self.step % self.eval_every == 0 and self.step < cfg.steps:
+                    self.run_evaluation()
+                if self.checkpoint_fn is not None and cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                    self.checkpoint_fn(self)
+                if self._stop_signal:
+                    self._interrupt()
+            if self.evaluate_fn is not None and self.last_eval_step != self.step:
+                self.run_evaluation()
+            if self.checkpoint_fn is not None:
                 self.checkpoint_fn(self)
-        if self.evaluate_fn is not None and self.last_eval_step != self.step:
-            self.run_evaluation()
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+            if self.progress is not None:
+                self.progress.close()
+        return TrainResult(steps=self.step, final_loss=last_loss, seconds=time.perf_counter() - start,
+                           skipped_steps=self.skipped_steps)
+
+    def _interrupt(self) -> None:
+        import signal
+
+        name = signal.Signals(self._stop_signal).name
+        saved = ""
         if self.checkpoint_fn is not None:
             self.checkpoint_fn(self)
-        if self.progress is not None:
-            self.progress.close()
-        return TrainResult(steps=self.step, final_loss=last_loss, seconds=time.perf_counter() - start)
+            saved = f"; saved a checkpoint at step {self.step} - run the same command with --resume to continue"
+        raise Interrupted(f"interrupted by {name} at step {self.step}{saved}", signum=self._stop_signal)
 
 
 def config_dict(config: Any) -> dict[str, Any]:

@@ -6,6 +6,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs 2 workers on 2 cores: one torch thread each
+    import torch
+
+    torch.set_num_threads(1)
+
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300):
     """Run ``python -m flowsteer ARGS`` in a subprocess; return CompletedProcess."""

@@ -67,15 +67,16 @@ def test_resume_is_bitwise_exact(tmp_path):
     resumed = pretrain(PretrainConfig(**cfg), tmp_path / "split", progress="quiet", resume=True)
     for k, v in full.model.state_dict().items():
         assert torch.equal(v, resumed.model.state_dict()[k]), k
-    raw_full = torch.load(tmp_path / "full" / "trainer_state.pt", weights_only=False)["model"]
-    raw_res = torch.load(tmp_path / "split" / "trainer_state.pt", weights_only=False)["model"]
+    raw_full = torch.load(tmp_path / "full" / "checkpoint-40" / "trainer_state.pt", weights_only=False)["model"]
+    raw_res = torch.load(tmp_path / "split" / "checkpoint-40" / "trainer_state.pt", weights_only=False)["model"]
     assert all(torch.equal(raw_full[k], raw_res[k]) for k in raw_full)
 
 
 def test_run_folder_round_trip_reproduces_outputs(moons_run):
     run = load_run(moons_run)
     files = {p.name for p in moons_run.iterdir()}
-    assert {"model.safetensors", "config.json", "metrics.jsonl", "trainer_state.pt"} <= files
+    assert {"model.safetensors", "config.json", "metrics.jsonl", "latest", "checkpoint-300"} <= files
+    assert (moons_run / "latest").read_text().strip() == "checkpoint-300"
     assert not [f for f in files if f.startswith(".")]  # no temp files left
     cfg = json.loads((moons_run / "config.json").read_text())
     assert cfg["seed"] == 0 and cfg["model"]["kind"] == "mlp" and cfg["data"]["shape"] == [2]

@@ -10,21 +10,44 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..progress import Progress
-from ..runs import STATE_FILE, WEIGHTS_FILE, log_metrics, save_trainer_state, save_weights, write_config
+from ..errors import ConfigError
+from ..runs import (METRICS_FILE, WEIGHTS_FILE, load_trainer_state, log_metrics, resolve_checkpoint, save_checkpoint,
+                    save_weights, write_config)
 from ..training import Objective, Trainer
 
 
 class RunWriter:
-    """Writes a run folder: weights, trainer state and config at each checkpoint; metrics as they come."""
+    """Writes a run folder: a ``checkpoint-STEP/`` folder (and the sampling weights and config at the
+    root) at each checkpoint; metrics as they come."""
 
-    def __init__(self, out_dir: Path, run_config: dict[str, Any]) -> None:
-        self.out_dir, self.run_config = out_dir, run_config
+    def __init__(self, out_dir: Path, run_config: dict[str, Any], *, keep_last: int = 2) -> None:
+        self.out_dir, self.run_config, self.keep_last = out_dir, run_config, keep_last
         out_dir.mkdir(parents=True, exist_ok=True)
 
     def checkpoint(self, trainer: Trainer) -> None:
-        save_weights(self.out_dir / WEIGHTS_FILE, trainer.sampling_state_dict())
-        save_trainer_state(self.out_dir / STATE_FILE, trainer.state_dict())
+        weights = trainer.sampling_state_dict()
+        save_checkpoint(self.out_dir, trainer.step, weights, trainer.state_dict(), keep_last=self.keep_last)
+        save_weights(self.out_dir / WEIGHTS_FILE, weights)
         write_config(self.out_dir, {**self.run_config, "steps_done": trainer.step})
+
+    def truncate_metrics(self, step: int) -> None:
+        """Drop records logged after ``step`` (by a run that died after its last checkpoint)."""
+        import json
+
+        from ..io import atomic_write_text
+
+        path = self.out_dir / METRICS_FILE
+        if not path.is_file():
+            return
+        kept = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:  # a line cut short by the crash
+                continue
+            if record.get("step", 0) <= step:
+                kept.append(line)
+        atomic_write_text(path, "".join(k + "\n" for k in kept))
 
     def log(self, record: dict[str, Any]) -> None:
         log_metrics(self.out_dir, record)
@@ -40,21 +63,32 @@ def fit(
     run_config: dict[str, Any],
     progress: str,
     desc: str,
-    resume: bool = False,
+    resume: bool | str = False,
     evaluate: Callable[[Trainer], dict[str, Any]] | None = None,
     eval_every: int = 0,
 ) -> Trainer:
-    """Run the shared Trainer for one method, writing ``out`` as a run folder (None = in memory)."""
-    writer = RunWriter(out, run_config) if out is not None else None
+    """Run the shared Trainer for one method, writing ``out`` as a run folder (None = in memory).
+
+    ``resume``: False, True / ``"auto"`` (the latest checkpoint) or a checkpoint folder name.
+    """
+    checkpoint = None
+    if resume and out is not None:
+        checkpoint = resolve_checkpoint(out, "auto" if resume is True else str(resume)) if out.is_dir() else None
+        if checkpoint is None:
+            raise ConfigError(f"--resume: {str(out)!r} has no checkpoint to resume from; drop --resume to start "
+                              "the run again (pass --checkpoint-every N to checkpoint during training)")
+    writer = RunWriter(out, run_config, keep_last=train.keep_last) if out is not None else None
     bar = Progress(train.steps, mode=progress, desc=desc)
     trainer = Trainer(
         model, objective, train, generator=generator,
         checkpoint=writer.checkpoint if writer else None, log=writer.log if writer else None,
         progress=bar, evaluate=evaluate, eval_every=eval_every,
     )
-    if resume and out is not None and (out / STATE_FILE).exists():
-        trainer.load_state_dict(torch.load(out / STATE_FILE, weights_only=False))
-        bar.message(f"resumed {out} at step {trainer.step}")
+    if checkpoint is not None:
+        trainer.load_state_dict(load_trainer_state(checkpoint))
+        assert writer is not None
+        writer.truncate_metrics(trainer.step)
+        bar.message(f"resumed {out} at step {trainer.step} from {checkpoint.name}")
     trainer.fit()
     return trainer
 

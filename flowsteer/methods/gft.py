@@ -84,7 +84,7 @@ class AdaptConfig:
             p.append(f"--method must be gft or sft (got {self.method!r})")
         if self.coupling not in COUPLINGS:
             p.append(f"unknown coupling {self.coupling!r}; choose one of {', '.join(COUPLINGS)}")
-        if self.method == "gft" and not p:
+        if self.method == "gft" and not self.train.validate():
             try:
                 self.temperature()
             except ConfigError as exc:
@@ -167,7 +167,7 @@ def adapt(config: AdaptConfig, out: str | Path | None, *, progress: str = "auto"
     """Fine-tune ``config.base`` toward the samples of ``config.target`` with GFT (or SFT)."""
     problems = config.validate()
     if problems:
-        raise ConfigError("; ".join(problems))
+        raise ConfigError.listing(problems)
     base = load_run(config.base)
     sigma = base.sigma if config.sigma is None else float(config.sigma)
     if sigma != base.sigma:

@@ -77,6 +77,7 @@ class AlignConfig:
         w2: add the W2 term to ``rwr`` / ``raft``.
         w2_budget: if set, adapt alpha so that the W2-bound term stays <= this.
         dual_lr: step of the dual ascent on alpha (per step, in units of alpha).
+        reward_timeout: seconds one reward call may take before the run fails with a clear message.
         misaligned_weights: keep the weights in rollout order after an OT re-pairing, which attaches
             them to the wrong samples (the released code's bug; only for reproducing its effect).
         on_bad_reward: ``stop`` (default) or ``skip`` samples whose reward is NaN/inf.
@@ -101,6 +102,7 @@ class AlignConfig:
     w2_budget: float | None = None
     dual_lr: float = 0.02
     misaligned_weights: bool = False
+    reward_timeout: float | None = None
     on_bad_reward: str = "stop"
     eval_every: int = 250
     eval_samples: int = 512
@@ -142,6 +144,8 @@ class AlignConfig:
             p.append(f"--w2-budget must be > 0 (got {self.w2_budget})")
         if self.w2_budget is not None and self.method == "orw":
             p.append("--w2-budget adapts the W2 term's alpha; use it with --method orw-w2 (or rwr/raft)")
+        if self.reward_timeout is not None and not self.reward_timeout > 0:
+            p.append(f"--reward-timeout must be > 0 seconds (got {self.reward_timeout})")
         if self.dual_lr <= 0:
             p.append(f"--dual-lr must be > 0 (got {self.dual_lr})")
         if self.on_bad_reward not in ("stop", "skip"):
@@ -178,6 +182,18 @@ def reward_weights(r: Tensor, *, tau: float, normalize: str = "mean", standardiz
                 "use --weights mean or a smaller --tau"
             )
     return w
+
+
+def orw_loss(pred: Tensor, target: Tensor, ref: Tensor, weights: Tensor, *, alpha: float) -> tuple[Tensor, Tensor]:
+    """ORW-CFM-W2's loss on one batch: ``mean_i w_i ||pred_i - u_i||^2 + alpha mean_i ||pred_i - ref_i||^2``.
+
+    ``||.||^2`` is the mean over a sample's coordinates.  Shapes: ``pred``, ``target``, ``ref``
+    ``[B, *D]``; ``weights`` ``[B]``.  Returns ``(loss, w2_term)``; the W2 term (the bound on
+    W2(q_theta, q_ref)) is not reward-weighted.
+    """
+    fm = ((pred - target) ** 2).flatten(1).mean(1)
+    w2_term = ((pred - ref) ** 2).flatten(1).mean(1).mean()
+    return (weights * fm).mean() + alpha * w2_term, w2_term
 
 
 class RewardWeightedObjective:
@@ -224,7 +240,7 @@ class RewardWeightedObjective:
 
     def _score(self, x1: Tensor, cond: dict[str, Tensor], step: int) -> tuple[Tensor, Tensor]:
         """Rewards ``[B]`` and a validity mask; stops (or skips) on non-finite rewards."""
-        r = score(self.reward, self.decode(x1), cond)
+        r = score(self.reward, self.decode(x1), cond, timeout=self.cfg.reward_timeout, step=step)
         valid = torch.isfinite(r)
         n_bad = int((~valid).sum())
         if n_bad:
@@ -300,11 +316,9 @@ class RewardWeightedObjective:
     def loss(self, model: nn.Module, *, step: int, generator: torch.Generator) -> StepOutput:
         s, w, cond, r, valid = self.weighted_batch(model, step, generator)
         pred = model(s.t, s.x_t, **cond)
-        fm = ((pred - s.target) ** 2).flatten(1).mean(1)
         with torch.no_grad():
             ref = self.reference(s.t, s.x_t, **cond)
-        w2_term = ((pred - ref) ** 2).flatten(1).mean(1).mean()
-        loss = (w * fm).mean() + self.alpha * w2_term
+        loss, w2_term = orw_loss(pred, s.target, ref, w, alpha=self.alpha)
         w2_value = float(w2_term.detach())
         self.w2_running = w2_value if self.w2_running is None else 0.95 * self.w2_running + 0.05 * w2_value
         alpha_used = self.alpha
@@ -356,7 +370,7 @@ class AlignEvaluator:
         return self.decode(res.x)
 
     def metrics_of(self, x: Tensor) -> dict[str, Any]:
-        r = score(self.reward, x, self.cond)
+        r = score(self.reward, x, self.cond, timeout=self.cfg.reward_timeout)
         r = r[torch.isfinite(r)]
         out: dict[str, Any] = {
             "reward_mean": float(r.mean()), "reward_std": float(r.std()), "reward_max": float(r.max()),
@@ -388,7 +402,7 @@ def align(config: AlignConfig, out: str | Path | None, *, progress: str = "auto"
     """
     problems = config.validate()
     if problems:
-        raise ConfigError("; ".join(problems))
+        raise ConfigError.listing(problems)
     base = load_run(config.base)
     reward = build_reward(config.reward)
     generator = seed_everything(config.train.seed)

@@ -120,8 +120,11 @@ def validate(config: PretrainConfig, data: DataSplit) -> None:
         pass  # labels follow the coupling's indices
     if config.width is not None and config.width < 1:
         problems.append(f"--width must be >= 1 (got {config.width})")
+    if isinstance(config.train.batch_size, int) and config.train.batch_size > len(data.train):
+        problems.append(f"--batch-size {config.train.batch_size} is larger than the {len(data.train)} training samples; "
+                        "lower --batch-size")
     if problems:
-        raise ConfigError("; ".join(problems))
+        raise ConfigError.listing(problems)
 
 
 def pretrain(

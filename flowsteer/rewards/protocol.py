@@ -42,16 +42,48 @@ def _origin(exc: BaseException) -> str:
     return f" at {last.tb_frame.f_code.co_filename}:{last.tb_lineno}"
 
 
-def score(reward: Any, x: Tensor, cond: dict[str, Tensor] | None = None) -> Tensor:
+class _RewardTimeout(BaseException):
+    """Raised by SIGALRM inside a reward call (a BaseException, so the reward's own handlers let it through)."""
+
+
+def _call_with_timeout(fn, timeout: float | None):
+    """``fn()``, interrupted after ``timeout`` seconds (SIGALRM; main thread only, else no limit)."""
+    import signal
+    import threading
+
+    if not timeout or threading.current_thread() is not threading.main_thread():
+        return fn()
+
+    def alarm(_signum, _frame):
+        raise _RewardTimeout()
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, float(timeout))
+    try:
+        return fn()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def score(reward: Any, x: Tensor, cond: dict[str, Tensor] | None = None, *, timeout: float | None = None,
+          step: int | None = None) -> Tensor:
     """Call ``reward`` on ``x`` and return a float32 tensor ``[B]`` (may contain non-finite values).
 
+    Args:
+        timeout: seconds the call may take (None = no limit).  step: named in the timeout message.
+
     Raises:
-        RewardError: the reward raised (its own exception is shown), or it
-            returned the wrong number of values or something not numeric.
+        RewardError: the reward raised (its own exception is shown), took longer than ``timeout``,
+            or returned the wrong number of values or something not numeric.
     """
     name = reward_name(reward)
     try:
-        out = reward(x, **cond) if cond else reward(x)
+        out = _call_with_timeout(lambda: reward(x, **cond) if cond else reward(x), timeout)
+    except _RewardTimeout:
+        at = f" at step {step}" if step is not None else ""
+        raise RewardError(f"reward {name!r} took longer than --reward-timeout {timeout:g} s on {x.shape[0]} samples{at}; "
+                          "speed the reward up or raise --reward-timeout") from None
     except RewardError:
         raise
     except Exception as exc:
