@@ -364,10 +364,7 @@ def _parse_alphas(text: str | None) -> list[float]:
         raise ConfigError(f"--alpha {text!r}: write a number or a list like 0,0.1,0.3,1") from None
     if not values:
         raise ConfigError("--alpha is empty; write a number or a list like 0,0.1,0.3,1")
-    bad = [v for v in values if not v >= 0]
-    if bad:
-        raise ConfigError(f"--alpha must be >= 0 (got {', '.join(map(str, bad))})")
-    return values
+    return values  # the sign is checked with every other option (one message for all problems)
 
 
 def cmd_align(args: argparse.Namespace) -> int:
@@ -392,9 +389,12 @@ def cmd_align(args: argparse.Namespace) -> int:
     )
     if args.method == "orw" and args.alpha is not None and any(a > 0 for a in alphas):
         raise ConfigError("--method orw is ORW-CFM without the W2 term (alpha = 0); use --method orw-w2 to set --alpha")
-    problems = config.validate()
+    problems = [p for p in config.validate() if not p.startswith("--alpha must be")]
+    bad = [v for v in alphas if not v >= 0]
+    if bad:
+        problems.insert(0, f"--alpha must be >= 0 (got {', '.join(map(str, bad))})")
     if problems:
-        raise ConfigError("; ".join(problems))
+        raise ConfigError.listing(problems)
     if len(alphas) > 1:
         if args.resume:
             raise ConfigError("--resume continues one run; resume a sweep's runs one at a time (--out DIR/alpha-A)")

@@ -92,7 +92,7 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
     """Evaluate ``config.model``; returns the JSON-ready dict documented in the module docstring."""
     problems = config.validate()
     if problems:
-        raise ConfigError("; ".join(problems))
+        raise ConfigError.listing(problems)
     run = load_run(config.model)
     nfes = tuple(sorted({int(k) for k in config.nfes}))
     reward = reference = target = None

@@ -45,7 +45,7 @@ class TemperatureSchedule:
     def __post_init__(self) -> None:
         problems = self.problems()
         if problems:
-            raise ConfigError("; ".join(problems))
+            raise ConfigError.listing(problems)
 
     def problems(self) -> list[str]:
         p = []

@@ -142,7 +142,7 @@ class Trainer:
     ) -> None:
         problems = config.validate()
         if problems:
-            raise ConfigError("; ".join(problems))
+            raise ConfigError.listing(problems)
         self.model, self.objective, self.config = model, objective, config
         self.generator = generator
         self.checkpoint_fn, self.log_fn, self.progress = checkpoint, log, progress
