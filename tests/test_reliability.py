@@ -167,7 +167,7 @@ def test_reward_timeout_fails_with_a_clear_message(moons_run, tmp_path):
     slow.write_text("import time\n\ndef reward(x):\n    time.sleep(5)\n    return x[:, 0]\n")
     proc = run_cli("align", "--base", str(moons_run), "--reward", f"python:{slow}:reward", "--out", str(tmp_path / "a"),
                    "--reward-timeout", "0.5", "--steps", "5", "--batch-size", "32", "--quiet")
-    assert_user_error(proc, "took longer than --reward-timeout 0.5 s on 32 samples")
+    assert_user_error(proc, "took longer than --reward-timeout 0.5 s on")
 
 
 def test_resume_auto_and_named_checkpoint(moons_run, tmp_path):
