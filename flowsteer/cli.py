@@ -70,6 +70,11 @@ def _add_train_options(p: argparse.ArgumentParser, *, align: bool = False, adapt
                    help=f"non-finite steps in a row (each skipped) that stop the run (default: {d.max_bad_steps})")
 
 
+def _add_resume(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="auto|checkpoint-STEP",
+                   help="continue the run in --out from its latest checkpoint (or the one named)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .config import (ALIGN_DEFAULT_ALPHA, ALIGN_DEFAULT_TAU, ALIGN_METHODS, COUPLINGS, MODEL_KINDS, SCHEDULES,
                          SOLVERS, TIME_SAMPLERS)
@@ -96,8 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--conditional", action="store_true", help="train a class-conditional model (needs labels)")
     p.add_argument("--normalize", choices=("auto", "standardize", "none"), default="auto",
                    help="auto: standardise vectors, keep images in [-1, 1] (default: auto)")
-    p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="auto|checkpoint-STEP",
-                   help="continue the run in --out from its latest checkpoint (or the one named)")
+    _add_resume(p)
     _add_train_options(p)
     _add_common(p)
 
@@ -149,8 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop on a NaN/inf reward (default) or skip those samples")
     a.add_argument("--eval-every", type=int, default=250, help="steps between evaluations (default: 250)")
     a.add_argument("--eval-samples", type=int, default=512, help="samples per evaluation (default: 512)")
-    a.add_argument("--resume", nargs="?", const="auto", default=None, metavar="auto|checkpoint-STEP",
-                   help="continue the run in --out from its latest checkpoint (or the one named)")
+    _add_resume(a)
     _add_train_options(a, align=True)
     _add_common(a)
 
@@ -171,8 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sigma", type=float, default=None, help="diffusion of a stochastic flow; must equal the base's (default: the base's)")
     g.add_argument("--n-target", type=int, default=None, help="use only N target samples (the limited-data regime)")
     g.add_argument("--eval-every", type=int, default=500, help="steps between evaluations (default: 500)")
-    g.add_argument("--resume", nargs="?", const="auto", default=None, metavar="auto|checkpoint-STEP",
-                   help="continue the run in --out from its latest checkpoint (or the one named)")
+    _add_resume(g)
     _add_train_options(g, adapt=True)
     _add_common(g)
 
@@ -449,21 +451,18 @@ def _parse_nfes(text: str) -> tuple[int, ...]:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    import json
-
-    from .evaluation import EvaluationConfig, evaluate
-    from .io import atomic_write_text
+    from .evaluation import EvaluationConfig, evaluate, evaluation_json, write_evaluation
 
     _require(args, "model", "json")
     if args.json != "-" and not args.json.endswith(".json"):
         raise ConfigError(f"--json {args.json!r}: give a file name ending in .json (or - for stdout)")
     config = EvaluationConfig(model=args.model, reward=args.reward, reference=args.reference, target=args.target,
                               n=args.n, nfes=_parse_nfes(args.nfe), seed=args.seed)
-    text = json.dumps(evaluate(config), indent=2, sort_keys=True) + "\n"
+    result = evaluate(config)
     if args.json == "-":
-        sys.stdout.write(text)
+        sys.stdout.write(evaluation_json(result))
     else:
-        atomic_write_text(Path(args.json), text)
+        write_evaluation(result, Path(args.json))
         _say(args, f"wrote {args.json}")
     return 0
 

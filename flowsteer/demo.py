@@ -95,12 +95,11 @@ def _job(kind: str, out: str, options: dict[str, Any]) -> tuple[str, float]:
                           coupling=options["coupling"], eval_every=options["eval_every"], train=train), out_dir,
               progress="quiet")
     elif kind == "evaluate":
-        from .evaluation import EvaluationConfig, evaluate
-        from .io import atomic_write_text
+        from .evaluation import EvaluationConfig, evaluate, write_evaluation
 
         result = evaluate(EvaluationConfig(model=out, reward=options.get("reward"), reference=options.get("reference"),
                                            target=options.get("target"), n=options["n"], nfes=options["nfes"]))
-        atomic_write_text(out_dir / "evaluation.json", json.dumps(result, indent=2, sort_keys=True) + "\n")
+        write_evaluation(result, out_dir / "evaluation.json")
     else:  # pragma: no cover - programming error
         raise ValueError(kind)
     return out, time.perf_counter() - start

@@ -22,6 +22,7 @@ same JSON byte for byte.  The object's fields (all optional parts are absent whe
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -131,7 +132,7 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
         "solver": "euler-maruyama" if run.sigma > 0 else "euler",
     }
     per_nfe: dict[int, dict[str, float]] = {}
-    x = None
+    x = r = None
     for nfe in nfes:
         x = _sample(run, x0, cond, nfe, config.seed)
         row: dict[str, float] = {"nfe": nfe}
@@ -147,7 +148,8 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
     assert x is not None  # nfes is non-empty (validated)
     top = nfes[-1]
     if reward is not None:
-        out["reward"] = {"spec": config.reward, **_reward_stats(score(reward, x, cond))}
+        assert r is not None  # the rewards of the largest NFE's samples, from the loop
+        out["reward"] = {"spec": config.reward, **_reward_stats(r)}
         classify = getattr(reward, "classify", None)
         if callable(classify):
             k = int(getattr(reward, "num_classes", 10))
@@ -164,3 +166,17 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
     if run.sigma == 0:
         out["paths"] = path_metrics(run.model, x0[: min(config.n, 500)], cond={k: v[:500] for k, v in cond.items()})
     return out
+
+
+def evaluation_json(result: dict[str, Any]) -> str:
+    """The text ``flowsteer evaluate`` writes: sorted keys, 2-space indent, a final newline."""
+    import json
+
+    return json.dumps(result, indent=2, sort_keys=True) + "\n"
+
+
+def write_evaluation(result: dict[str, Any], path: Path) -> None:
+    """Write :func:`evaluation_json` of ``result`` to ``path`` atomically."""
+    from .io import atomic_write_text
+
+    atomic_write_text(path, evaluation_json(result))
