@@ -4,40 +4,50 @@
 
 Runs (each 1500 steps, batch 256, the CLI defaults):
   flowsteer align --base BASE --reward even-digits --out OUT/default                 (documented default alpha)
-  flowsteer align --base BASE --reward even-digits --out OUT/sweep --alpha 0,0.1,0.3,1
+  flowsteer align --base BASE --reward even-digits --out OUT/sweep/alpha-A --alpha A  for A in 0, 0.1, 0.3, 1
   flowsteer align --base BASE --reward even-digits --out OUT/budget --w2-budget EPS
-then samples 2000 digits from each run (`flowsteer sample`, Heun, 100 NFE) and scores them with a
-logistic-regression classifier fitted on the digits data: P(even) and the entropy of the predicted-class
-histogram (ln 5 = 1.609 is uniform over the five even digits).  The reward uses the same classifier, so
-a 5-nearest-neighbour classifier on the digits is reported beside it as an independent check against
-reward hacking.  Writes OUT/summary.json and OUT/collapse_vs_default.png.
+The four alpha runs are the runs `--alpha 0,0.1,0.3,1` would make (same seed, same folders); they are
+launched one by one so that `--workers` runs (default 2, one torch thread each) go side by side, and
+OUT/sweep/sweep.json and pareto.png are then written from them.  Each run then samples 2000 digits
+(`flowsteer sample`, Heun, 100 NFE), scored by a logistic-regression classifier fitted on the digits data:
+P(even) and the entropy of the predicted-class histogram (ln 5 = 1.609 is uniform over the five even
+digits).  The reward uses the same classifier, so a 5-nearest-neighbour classifier on the digits is
+reported beside it as an independent check against reward hacking.  Writes OUT/summary.json and
+OUT/collapse_vs_default.png.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+ALPHAS = ("0", "0.1", "0.3", "1")
 
 
-def cli(*args: str) -> float:
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def cli(*args: str, threads_env: dict | None = None) -> float:
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "flowsteer", *args, "--quiet"], check=True, cwd=ROOT)
+    subprocess.run([sys.executable, "-m", "flowsteer", *args, "--quiet"], check=True, cwd=ROOT,
+                   env={**os.environ, **(threads_env or {})})
     return time.perf_counter() - start
 
 
-def score(run: Path, clf, knn) -> dict:
+def score(run: Path, clf, knn, threads_env: dict | None = None) -> dict:
     from flowsteer.metrics import class_histogram, entropy
 
     samples = run / "samples_2000.npy"
-    cli("sample", "--model", str(run), "--n", "2000", "--seed", "7", "--out", str(samples))
+    cli("sample", "--model", str(run), "--n", "2000", "--seed", "7", "--out", str(samples), threads_env=threads_env)
     x = np.clip(np.load(samples).reshape(2000, -1), -1, 1)
     pred = clf.predict(x)
     hist = class_histogram(pred, 10)
@@ -57,7 +67,9 @@ def main() -> None:
     ap.add_argument("--base", default="runs/digits")
     ap.add_argument("--out", default="runs/even")
     ap.add_argument("--budget", type=float, default=0.13)
+    ap.add_argument("--workers", type=int, default=2, help="align runs side by side, one torch thread each")
     args = ap.parse_args()
+    from flowsteer.methods.orw import sweep_run_dir, write_sweep_summary
     from sklearn.datasets import load_digits
     from sklearn.linear_model import LogisticRegression
     from sklearn.neighbors import KNeighborsClassifier
@@ -70,16 +82,24 @@ def main() -> None:
     times = {}
     if not (base / "model.safetensors").exists():
         times["pretrain"] = cli("pretrain", "--data", "digits", "--out", str(base))
-    results = {"base": score(base, clf, knn)}
-    times["default"] = cli("align", "--base", str(base), "--reward", "even-digits", "--out", str(out / "default"))
-    results["default"] = score(out / "default", clf, knn)
-    times["sweep"] = cli("align", "--base", str(base), "--reward", "even-digits", "--out", str(out / "sweep"),
-                         "--alpha", "0,0.1,0.3,1")
-    for a in ("0", "0.1", "0.3", "1"):
-        results[f"alpha={a}"] = score(out / "sweep" / f"alpha-{a}", clf, knn)
-    times["budget"] = cli("align", "--base", str(base), "--reward", "even-digits", "--out", str(out / "budget"),
-                          "--w2-budget", str(args.budget))
-    results["budget"] = score(out / "budget", clf, knn)
+    align = ["align", "--base", str(base), "--reward", "even-digits"]
+    jobs = {"default": (out / "default", []), "budget": (out / "budget", ["--w2-budget", str(args.budget)])}
+    for a in ALPHAS:
+        jobs[f"alpha={a}"] = (sweep_run_dir(out / "sweep", float(a)), ["--alpha", a])
+    env = ONE_THREAD if args.workers > 1 else None
+
+    def job(name: str) -> tuple[str, dict]:
+        if name == "base":
+            return name, score(base, clf, knn, env)
+        run, extra = jobs[name]
+        times[name] = cli(*align, "--out", str(run), *extra, threads_env=env)
+        return name, score(run, clf, knn, env)
+
+    # six align runs make three full rounds of two; the base's scoring (seconds) comes last
+    with ThreadPoolExecutor(args.workers) as pool:
+        results = dict(pool.map(job, [*jobs, "base"]))
+    results = {k: results[k] for k in ["base", "default", *(f"alpha={a}" for a in ALPHAS), "budget"]}
+    write_sweep_summary(out / "sweep", [sweep_run_dir(out / "sweep", float(a)) for a in ALPHAS])
     results["budget"]["final_alpha"] = json.loads((out / "budget" / "final_metrics.json").read_text())["final_alpha"]
     summary = {"results": results, "seconds": times, "budget_eps": args.budget}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
