@@ -89,8 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="moons, 8gaussians, checkerboard, circles, swissroll, digits[:0,2,4], a .npy/.npz file "
                         "or a folder of PNG/JPEG images")
     p.add_argument("--out", metavar="DIR", help="run folder to write (model.safetensors, config.json, metrics.jsonl)")
-    p.add_argument("--model", choices=("auto", *MODEL_KINDS), default="auto",
-                   help="network: auto (= mlp, fast on CPU), mlp or unet (images) (default: auto)")
+    p.add_argument("--model", default="auto", metavar="KIND",
+                   help="network: auto (= mlp, fast on CPU), mlp, unet (images), diffusers:DIR (a saved diffusers "
+                        "UNet2DModel; extra: diffusers) or module:pkg.mod:Class (your net(t, x)) (default: auto)")
     p.add_argument("--width", type=int, default=None, help="hidden width (mlp) or base channels (unet)")
     p.add_argument("--sigma", type=float, default=0.0,
                    help="0 = straight paths and ODE sampling; > 0 = Brownian bridge and SDE sampling (default: 0)")
@@ -120,10 +121,20 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("align", help="fine-tune a run toward a reward (ORW-CFM-W2 and baselines)",
                        description="Fine-tune a pretrained run toward a black-box reward with ORW-CFM-W2 "
                                    "(online reward-weighted CFM + W2 regulariser) or a baseline.")
-    a.add_argument("--base", metavar="RUN_DIR", help="the pretrained run folder (also the reference model)")
+    a.add_argument("--base", metavar="RUN_DIR",
+                   help="the pretrained run folder (also the reference model), or diffusers:DIR (a saved diffusers "
+                        "UNet2DModel or Stable Diffusion 3 pipeline; extra: diffusers)")
     a.add_argument("--reward", metavar="SPEC",
                    help="even-digits, digits:0,2,4, jpeg-compressibility, jpeg-incompressibility, target:FILE.npy, "
+                        "clip:PROMPT[;contrast=TEXT][;model=DIR|HUB_ID] (extra: clip), "
                         "python:MODULE:FUNCTION, python:FILE.py:FUNCTION, or a weighted sum 0.5*A+0.5*B")
+    a.add_argument("--prompt", metavar="TEXT", default=None,
+                   help="the text that conditions a text-to-image base (an SD3 pipeline), encoded once by its own encoders")
+    a.add_argument("--lora-rank", type=int, default=0, metavar="R",
+                   help="train rank-R LoRA adapters (peft) instead of every weight; the reference is the same network "
+                        "with its adapters disabled (default: 0 = full fine-tuning)")
+    a.add_argument("--lora-alpha", type=float, default=None, metavar="A",
+                   help="LoRA scale: B A is multiplied by A / R (default: R)")
     a.add_argument("--out", metavar="DIR", help="run folder to write (a folder of runs for an alpha sweep)")
     a.add_argument("--method", choices=ALIGN_METHODS, default="orw-w2",
                    help="orw-w2 (default), orw (alpha = 0), rwr (offline reward-weighted CFM), raft (top fraction)")
@@ -378,7 +389,15 @@ def cmd_align(args: argparse.Namespace) -> int:
     alphas = _parse_alphas(args.alpha)
     out = Path(args.out)
     _check_out_dir(out, args.resume)
-    read_config(args.base)  # a clear error before any work if --base is not a run
+    if str(args.base).startswith("diffusers:"):
+        from .models.adapters import diffusers_run_config
+
+        diffusers_run_config(args.base.split(":", 1)[1], prompt=args.prompt)  # a clear error before any work
+    else:
+        read_config(args.base)  # a clear error before any work if --base is not a run
+        if args.prompt is not None:
+            raise ConfigError("--prompt conditions a text-to-image base (--base diffusers:DIR with an SD3 pipeline); "
+                              "drop it for this base")
     build_reward(args.reward)  # likewise for an unknown or unloadable reward
     config = AlignConfig(
         base=args.base, reward=args.reward, method=args.method, alpha=alphas[0], tau=args.tau,
@@ -387,7 +406,7 @@ def cmd_align(args: argparse.Namespace) -> int:
         raft_fraction=args.raft_fraction, rwr_samples=args.rwr_samples, w2=args.w2, w2_budget=args.w2_budget,
         dual_lr=args.dual_lr, misaligned_weights=args.misaligned_weights, reward_timeout=args.reward_timeout,
         on_bad_reward=args.on_bad_reward, eval_every=args.eval_every, eval_samples=args.eval_samples,
-        train=_train_config(args),
+        prompt=args.prompt, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, train=_train_config(args),
     )
     if args.method == "orw" and args.alpha is not None and any(a > 0 for a in alphas):
         raise ConfigError("--method orw is ORW-CFM without the W2 term (alpha = 0); use --method orw-w2 to set --alpha")

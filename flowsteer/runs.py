@@ -9,6 +9,10 @@ A run folder holds::
     checkpoint-STEP/     model.safetensors + trainer_state.pt (raw weights, optimiser, scheduler,
                          EMA, RNG states, step, the method's own state); the newest ``keep_last``
     latest               the name of the newest complete checkpoint folder
+    prompt_embeds.safetensors   text-conditioned runs: the prompt's encoder states (config ``condition``)
+    adapter_model.safetensors + adapter_config.json   LoRA runs: the adapter in peft's format (the
+                         model.safetensors of a LoRA run holds the adapter tensors only; the base
+                         weights come from the spec's ``pretrained`` folder)
 
 Every file is written atomically (temporary file + rename); a checkpoint folder is assembled under
 a temporary name and renamed into place, and ``latest`` moves only after that.
@@ -26,14 +30,16 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from .data import Normalizer
-from .errors import RunFolderError
+from .errors import ConfigError, RunFolderError
 from .io import append_jsonl, atomic_path, atomic_write_json
 from .models import build_model
+from .models.lora import load_trainable_state_dict
 from .solvers import SampleResult, integrate
 
 RUN_FORMAT = "flowsteer-run"
 RUN_FORMAT_VERSION = 1
 CONFIG_FILE, WEIGHTS_FILE, STATE_FILE, METRICS_FILE = "config.json", "model.safetensors", "trainer_state.pt", "metrics.jsonl"
+PROMPT_FILE = "prompt_embeds.safetensors"
 
 
 def save_weights(path: Path, state: dict[str, Tensor]) -> None:
@@ -174,10 +180,30 @@ class Run:
     model: nn.Module
     config: dict[str, Any]
     path: Path | None = None
+    prompt_embeds: dict[str, Tensor] | None = None
     normalizer: Normalizer = field(init=False)
+    _decoder: Any = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.normalizer = Normalizer.from_config(self.config["data"]["normalizer"])
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Model units ``[B, *shape]`` -> data units (for a latent model: images ``[B, 3, H, W]`` in [0, 1])."""
+        x = self.normalizer.decode(z)
+        spec = self.config["data"].get("decoder")
+        if spec is None:
+            return x
+        if self._decoder is None:
+            from .models.adapters import build_decoder
+
+            self._decoder = build_decoder(spec)
+        return self._decoder(x)
+
+    def condition(self, n: int) -> dict[str, Tensor]:
+        """The conditions every sample of a text-conditioned run gets (its prompt's states), else ``{}``."""
+        if not self.prompt_embeds:
+            return {}
+        return {k: v.expand(n, *v.shape[1:]) for k, v in self.prompt_embeds.items()}
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -223,7 +249,7 @@ class Run:
             raise ConfigError(f"--n must be an integer >= 1, got {n!r}")
         g = torch.Generator().manual_seed(seed)
         x0 = torch.randn((n, *self.shape), generator=g)
-        cond = {}
+        cond = self.condition(n)
         if labels is not None:
             if self.num_classes == 0:
                 raise ConfigError("this model is not class-conditional; drop the labels")
@@ -235,8 +261,9 @@ class Run:
             return result
         traj = None
         if result.trajectory is not None:
-            traj = self.normalizer.decode(result.trajectory.flatten(0, 1)).reshape(result.trajectory.shape)
-        return SampleResult(x=self.normalizer.decode(result.x), nfe=result.nfe, times=result.times, trajectory=traj)
+            flat = self.decode(result.trajectory.flatten(0, 1))
+            traj = flat.reshape(*result.trajectory.shape[:2], *flat.shape[1:])
+        return SampleResult(x=self.decode(result.x), nfe=result.nfe, times=result.times, trajectory=traj)
 
 
 def load_run(run_dir: str | Path) -> Run:
@@ -249,8 +276,9 @@ def load_run(run_dir: str | Path) -> Run:
     try:
         model = build_model(cfg["model"])
         state = load_file(str(weights))
-        model.load_state_dict(state, strict=True)
-    except RunFolderError:
+        load_trainable_state_dict(model, state)
+        prompt = load_file(str(run_dir / PROMPT_FILE)) if cfg.get("condition", {}).get("kind") == "prompt" else None
+    except (RunFolderError, ConfigError):
         raise
     except KeyError as exc:
         raise RunFolderError(f"{run_dir / CONFIG_FILE}: missing field {exc}; re-create the run with this version") from None
@@ -259,4 +287,24 @@ def load_run(run_dir: str | Path) -> Run:
             f"{weights}: cannot load the weights ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); the file is damaged - re-run or resume"
         ) from None
     model.eval()
-    return Run(model=model, config=cfg, path=run_dir)
+    return Run(model=model, config=cfg, path=run_dir, prompt_embeds=prompt)
+
+
+def load_base(spec: str | Path, *, prompt: str | None = None) -> Run:
+    """A run folder, or ``diffusers:DIR`` (a diffusers UNet2DModel / SD3 folder) seen as a run.
+
+    An SD3 pipeline needs ``prompt``: it is encoded once by the pipeline's own text encoders, and its
+    states condition every sample.  The pipeline's VAE decodes samples to images for the reward.
+    """
+    text = str(spec)
+    if not text.startswith("diffusers:"):
+        if prompt is not None:
+            raise ConfigError("--prompt conditions a text-to-image base (--base diffusers:DIR with an SD3 pipeline); "
+                              "drop it for this base")
+        return load_run(spec)
+    from .models.adapters import diffusers_run_config, encode_prompt
+
+    cfg = diffusers_run_config(text.split(":", 1)[1], prompt=prompt)
+    model = build_model(cfg["model"]).eval()
+    embeds = encode_prompt(cfg, prompt, model) if prompt is not None else None
+    return Run(model=model, config=cfg, path=None, prompt_embeds=embeds)

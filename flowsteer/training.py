@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from .config import TrainConfig
 from .errors import ConfigError, Interrupted, TrainingStopped
+from .models.lora import load_trainable_state_dict, trainable_state_dict
 from .progress import Progress
 
 
@@ -52,13 +53,14 @@ class Objective(Protocol):
 class EMA:
     """Exponential moving average of a model's floating-point parameters and buffers.
 
-    The live tensors are captured once (``load_state_dict`` copies in place, so
+    Only the trained tensors are averaged (:func:`~flowsteer.models.lora.trainable_state_dict`: the
+    adapters of a LoRA model, else every parameter and buffer).  The live tensors are captured once (``load_state_dict`` copies in place, so
     they stay the same objects); each update is one fused ``_foreach_lerp_``.
     """
 
     def __init__(self, model: nn.Module, decay: float) -> None:
         self.decay = decay
-        live = model.state_dict(keep_vars=True)
+        live = trainable_state_dict(model, keep_vars=True)
         self.shadow = {k: v.detach().clone() for k, v in live.items()}
         self._float_keys = [k for k, v in live.items() if v.is_floating_point()]
         self._other_keys = [k for k, v in live.items() if not v.is_floating_point()]
@@ -165,13 +167,13 @@ class Trainer:
     # ----------------------------------------------------------------- state
 
     def sampling_state_dict(self) -> dict[str, Tensor]:
-        """Weights used for sampling: the EMA if enabled, else the raw weights."""
-        return self.ema.state_dict() if self.ema is not None else self.model.state_dict()
+        """Weights used for sampling (the EMA if enabled, else the raw weights); a LoRA model's adapters only."""
+        return self.ema.state_dict() if self.ema is not None else trainable_state_dict(self.model)
 
     def state_dict(self) -> dict[str, Any]:
         state = {
             "step": self.step,
-            "model": self.model.state_dict(),
+            "model": trainable_state_dict(self.model),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
@@ -186,7 +188,7 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step = int(state["step"])
-        self.model.load_state_dict(state["model"])
+        load_trainable_state_dict(self.model, state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.ema is not None and state.get("ema") is not None:

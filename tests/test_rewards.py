@@ -66,8 +66,10 @@ def test_weighted_sum():
 
 
 def test_reward_errors(tmp_path):
-    with pytest.raises(RewardError, match="unknown reward 'clip'"):
-        build_reward("clip")
+    with pytest.raises(RewardError, match="unknown reward 'aesthetic'"):
+        build_reward("aesthetic")
+    with pytest.raises(RewardError, match="clip: empty prompt"):
+        build_reward("clip:")
     with pytest.raises(RewardError, match="does not exist"):
         build_reward(f"python:{tmp_path / 'none.py'}:f")
     (tmp_path / "r.py").write_text("def short(x):\n    return [0.0] * (len(x) - 1)\ndef boom(x):\n    raise ValueError('bad pixel')\n")

@@ -27,11 +27,12 @@ adapts alpha by dual ascent, ``alpha <- max(0, alpha + eta (m_k / eps - 1))`` wi
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -43,10 +44,12 @@ from ..couplings import build_coupling
 from ..errors import ConfigError
 from ..metrics import class_histogram, entropy, mean_pairwise_distance, wasserstein2
 from ..models import build_model
+from ..models.lora import (AdapterDisabled, add_lora, has_lora, lora_spec, save_adapter, swapped_weights,
+                           trainable_state_dict)
 from ..paths import TimeSampler, build_path
 from ..rewards import RewardError, build_reward, score
 from ..rewards.protocol import reward_name
-from ..runs import Run, load_run
+from ..runs import Run, load_base, load_run
 from ..solvers import integrate
 from ..training import StepOutput, Trainer, seed_everything
 from .common import fit, sampling_copy
@@ -81,6 +84,11 @@ class AlignConfig:
         misaligned_weights: keep the weights in rollout order after an OT re-pairing, which attaches
             them to the wrong samples (the released code's bug; only for reproducing its effect).
         on_bad_reward: ``stop`` (default) or ``skip`` samples whose reward is NaN/inf.
+        prompt: the text that conditions a text-to-image base (``base="diffusers:DIR"``, SD3).
+        lora_rank: > 0 trains LoRA adapters of this rank (peft) instead of every weight; the reference
+            v_ref is then the same network with its adapters disabled, and the lagged policy copies the
+            adapter tensors only.
+        lora_alpha: LoRA scale numerator (``alpha / r`` multiplies ``B A``; default: the rank).
         eval_every, eval_samples, eval_solver, eval_steps: evaluation during training.
         train: the shared :class:`TrainConfig`.
     """
@@ -104,6 +112,9 @@ class AlignConfig:
     misaligned_weights: bool = False
     reward_timeout: float | None = None
     on_bad_reward: str = "stop"
+    prompt: str | None = None
+    lora_rank: int = 0
+    lora_alpha: float | None = None
     eval_every: int = 250
     eval_samples: int = 512
     eval_solver: str = "heun"
@@ -150,6 +161,10 @@ class AlignConfig:
             p.append(f"--dual-lr must be > 0 (got {self.dual_lr})")
         if self.on_bad_reward not in ("stop", "skip"):
             p.append(f"--on-bad-reward must be stop or skip (got {self.on_bad_reward!r})")
+        if self.lora_rank < 0:
+            p.append(f"--lora-rank must be >= 0 (got {self.lora_rank})")
+        if self.lora_alpha is not None and not self.lora_alpha > 0:
+            p.append(f"--lora-alpha must be > 0 (got {self.lora_alpha})")
         if self.eval_every < 0 or self.eval_samples < 2:
             p.append("--eval-every must be >= 0 and --eval-samples >= 2")
         return p
@@ -196,27 +211,89 @@ def orw_loss(pred: Tensor, target: Tensor, ref: Tensor, weights: Tensor, *, alph
     return (weights * fm).mean() + alpha * w2_term, w2_term
 
 
+class LaggedPolicy:
+    """The sampling policy theta_old of ORW: the trained tensors as they were at the last refresh.
+
+    A full model is copied once (``deepcopy``) and refreshed with ``load_state_dict``; a LoRA model keeps
+    only its adapter tensors, swapped into the live network for each rollout
+    (:func:`~flowsteer.models.lora.swapped_weights`), so the base weights exist once.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.adapter_only = has_lora(model)
+        self.net: nn.Module | None = None
+        self.weights: dict[str, Tensor] = {}
+        if self.adapter_only:
+            self.weights = {k: v.detach().clone() for k, v in trainable_state_dict(model).items()}
+        else:
+            self.net = copy.deepcopy(model).eval()
+            for p in self.net.parameters():
+                p.requires_grad_(False)
+
+    def refresh(self, model: nn.Module) -> None:
+        if self.net is not None:
+            self.net.load_state_dict(model.state_dict())
+            return
+        with torch.no_grad():
+            for k, v in trainable_state_dict(model).items():
+                self.weights[k].copy_(v)
+
+    @contextlib.contextmanager
+    def network(self, model: nn.Module) -> Iterator[nn.Module]:
+        """The network to roll out with (``model`` itself, adapters swapped, for LoRA)."""
+        if self.net is not None:
+            yield self.net
+            return
+        was_training = model.training
+        with swapped_weights(model, self.weights):
+            model.eval()
+            try:
+                yield model
+            finally:
+                model.train(was_training)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return self.net.state_dict() if self.net is not None else self.weights
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        if self.net is not None:
+            self.net.load_state_dict(state)
+        else:
+            load_trainable_state_dict_subset(self.weights, state)
+
+
+def load_trainable_state_dict_subset(target: dict[str, Tensor], state: dict[str, Tensor]) -> None:
+    if set(target) != set(state):
+        raise ValueError("the saved sampling policy does not match the model's adapter tensors")
+    for k, v in state.items():
+        target[k].copy_(v)
+
+
 class RewardWeightedObjective:
     """The loss and sampling policy of ORW-CFM-W2 and its baselines (see the module doc).
 
     Args:
-        reference: the frozen pretrained model (v_ref; also the RWR sampler).
+        reference: the frozen pretrained model (v_ref; also the RWR sampler); for a LoRA model, the same
+            network with its adapters disabled (:class:`~flowsteer.models.lora.AdapterDisabled`).
         reward: a reward callable; it sees decoded samples (data units).
         config: :class:`AlignConfig`.
         decode: model units -> data units.
         shape: sample shape; num_classes: > 0 for class-conditional models.
+        condition: ``condition(n)`` -> conditions every sample gets (a text-conditioned base's prompt states).
     """
 
     def __init__(self, *, reference: nn.Module, reward: Any, config: AlignConfig, decode, shape: tuple[int, ...],
-                 sigma: float, num_classes: int = 0, generator: torch.Generator) -> None:
+                 sigma: float, num_classes: int = 0, generator: torch.Generator, condition=None) -> None:
         self.reference, self.reward, self.cfg = reference, reward, config
         self.decode, self.shape, self.sigma, self.num_classes = decode, shape, sigma, num_classes
+        self.condition = condition
+        self._pending_policy: dict[str, Tensor] | None = None
         self.path = build_path(sigma)
         self.coupling = build_coupling(config.coupling)
         self.time_sampler = TimeSampler("uniform")
         self.alpha = config.effective_alpha
         self.w2_running: float | None = None
-        self.policy: nn.Module | None = None
+        self.policy: LaggedPolicy | None = None
         self.offline: dict[str, Tensor] | None = None
         self.bad_total = 0
         for p in reference.parameters():
@@ -227,9 +304,10 @@ class RewardWeightedObjective:
     # -- sampling policy ------------------------------------------------------
 
     def _labels(self, n: int, generator: torch.Generator) -> dict[str, Tensor]:
-        if self.num_classes == 0:
-            return {}
-        return {"y": torch.randint(0, self.num_classes, (n,), generator=generator)}
+        cond = dict(self.condition(n)) if self.condition is not None else {}
+        if self.num_classes:
+            cond["y"] = torch.randint(0, self.num_classes, (n,), generator=generator)
+        return cond
 
     def _rollout(self, model: nn.Module, n: int, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
         cond = self._labels(n, generator)
@@ -275,12 +353,14 @@ class RewardWeightedObjective:
             cond = {"y": self.offline["y"][idx]} if "y" in self.offline else {}
             return self.offline["x"][idx], cond, self.offline["r"][idx], self.offline["valid"][idx]
         if self.policy is None:
-            self.policy = copy.deepcopy(model).eval()
-            for p in self.policy.parameters():
-                p.requires_grad_(False)
+            self.policy = LaggedPolicy(model)
+            if self._pending_policy is not None:
+                self.policy.load_state_dict(self._pending_policy)
+                self._pending_policy = None
         if step % self.cfg.refresh_every == 0:
-            self.policy.load_state_dict(model.state_dict())
-        x1, cond = self._rollout(self.policy, b, generator)
+            self.policy.refresh(model)
+        with self.policy.network(model) as policy:
+            x1, cond = self._rollout(policy, b, generator)
         r, valid = self._score(x1, cond, step)
         return x1, cond, r, valid
 
@@ -345,8 +425,9 @@ class RewardWeightedObjective:
             self.offline = state["offline"]
         if state.get("policy") is not None:
             if self.policy is None:
-                self.policy = copy.deepcopy(self.reference).eval()
-            self.policy.load_state_dict(state["policy"])
+                self._pending_policy = state["policy"]  # loaded when the policy is made from the model
+            else:
+                self.policy.load_state_dict(state["policy"])
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -356,12 +437,14 @@ class AlignEvaluator:
     """Metrics of METHODS.md section 4 on a fixed noise batch: reward, diversity, classes, W2 to the reference."""
 
     def __init__(self, *, reference: nn.Module, reward: Any, config: AlignConfig, decode, shape, sigma: float,
-                 num_classes: int) -> None:
+                 num_classes: int, condition=None) -> None:
         self.reward, self.cfg, self.decode, self.sigma = reward, config, decode, sigma
         g = torch.Generator().manual_seed(12345)
         n = config.eval_samples
         self.x0 = torch.randn((n, *shape), generator=g)
-        self.cond = {"y": torch.randint(0, num_classes, (n,), generator=g)} if num_classes else {}
+        self.cond = dict(condition(n)) if condition is not None else {}
+        if num_classes:
+            self.cond["y"] = torch.randint(0, num_classes, (n,), generator=g)
         self.ref_x = self._sample(reference)
 
     def _sample(self, model: nn.Module) -> Tensor:
@@ -385,11 +468,10 @@ class AlignEvaluator:
         return out
 
     def __call__(self, trainer: Trainer) -> dict[str, Any]:
-        model = trainer.model
-        if trainer.ema is not None:
-            model = copy.deepcopy(trainer.model)
-            model.load_state_dict(trainer.sampling_state_dict())
-        return self.metrics_of(self._sample(model.eval()))
+        if trainer.ema is None:
+            return self.metrics_of(self._sample(trainer.model.eval()))
+        with swapped_weights(trainer.model, trainer.sampling_state_dict()) as model:
+            return self.metrics_of(self._sample(model.eval()))
 
 
 # --------------------------------------------------------------------------- entry points
@@ -403,28 +485,50 @@ def align(config: AlignConfig, out: str | Path | None, *, progress: str = "auto"
     problems = config.validate()
     if problems:
         raise ConfigError.listing(problems)
-    base = load_run(config.base)
+    base = load_base(config.base, prompt=config.prompt)
     reward = build_reward(config.reward)
     generator = seed_everything(config.train.seed)
-    spec = base.config["model"]
-    model = build_model(spec)
-    model.load_state_dict(base.model.state_dict())
-    reference = base.model.eval()
-    decode = base.normalizer.decode
+    spec = dict(base.config["model"])
+    if config.lora_rank:
+        if spec.get("lora"):
+            raise ConfigError("--lora-rank: the base already carries a LoRA adapter; align it without --lora-rank "
+                              "(that trains its adapter further)")
+        # one network: the adapters train, and with them disabled it is the reference
+        model = base.model
+        spec["lora"] = lora_spec(model, rank=config.lora_rank, alpha=config.lora_alpha)
+        add_lora(model, spec["lora"])
+        model.train()
+        reference: nn.Module = AdapterDisabled(model)
+    else:
+        model = build_model(spec)
+        model.load_state_dict(base.model.state_dict())
+        reference = base.model.eval()
+    decode = base.decode
+    condition = base.condition if base.prompt_embeds else None
     objective = RewardWeightedObjective(
         reference=reference, reward=reward, config=config, decode=decode, shape=base.shape, sigma=base.sigma,
-        num_classes=base.num_classes, generator=generator,
+        num_classes=base.num_classes, generator=generator, condition=condition,
     )
     evaluator = AlignEvaluator(reference=reference, reward=reward, config=config, decode=decode, shape=base.shape,
-                               sigma=base.sigma, num_classes=base.num_classes)
+                               sigma=base.sigma, num_classes=base.num_classes, condition=condition)
     settings = asdict(config)
     settings["reward"] = reward_name(reward) if not isinstance(config.reward, str) else config.reward
     run_config = {
         "flowsteer_version": __version__, "method": "align", "align_method": config.method,
-        "base": str(Path(config.base).resolve()), "model": spec, "data": base.config["data"],
+        "base": _base_name(config.base), "model": spec, "data": base.config["data"],
         "path": base.config["path"], "settings": settings, "seed": config.train.seed,
     }
+    if "condition" in base.config:
+        run_config["condition"] = base.config["condition"]
     out_dir = Path(out) if out is not None else None
+    if out_dir is not None and base.prompt_embeds:
+        from ..io import atomic_path
+        from ..runs import PROMPT_FILE
+        from safetensors.torch import save_file
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out_dir / PROMPT_FILE) as tmp:
+            save_file({k: v.contiguous() for k, v in base.prompt_embeds.items()}, str(tmp))
     trainer = fit(model, objective, config.train, generator=generator, out=out_dir, run_config=run_config,
                   progress=progress, desc=f"align:{config.method}", resume=resume, evaluate=evaluator,
                   eval_every=config.eval_every)
@@ -438,10 +542,26 @@ def align(config: AlignConfig, out: str | Path | None, *, progress: str = "auto"
 
         write_config(out_dir, {**run_config, "steps_done": trainer.step})
         atomic_write_json(out_dir / "final_metrics.json", final)
+        if spec.get("lora"):
+            save_adapter(model, out_dir, spec["lora"], weights=trainer.sampling_state_dict())
         save_training_curves(out_dir / "metrics.jsonl", out_dir / "reward_curve.png",
                              title=f"{config.method} alpha={config.effective_alpha:g} tau={config.tau:g}")
-    return Run(model=sampling_copy(trainer, spec, build_model), config={**run_config, "steps_done": trainer.step},
-               path=out_dir)
+    if spec.get("lora"):  # the trained network itself, holding its sampling (EMA) adapter weights
+        from ..models.lora import load_trainable_state_dict
+
+        load_trainable_state_dict(model, {k: v.clone() for k, v in trainer.sampling_state_dict().items()})
+        sampler = model.eval()
+    else:
+        sampler = sampling_copy(trainer, spec, build_model)
+    return Run(model=sampler, config={**run_config, "steps_done": trainer.step}, path=out_dir,
+               prompt_embeds=base.prompt_embeds)
+
+
+def _base_name(base: str) -> str:
+    """The base as saved in ``config.json``: an absolute run folder, or ``diffusers:ABSOLUTE_DIR``."""
+    if str(base).startswith("diffusers:"):
+        return "diffusers:" + str(Path(str(base).split(":", 1)[1]).resolve())
+    return str(Path(base).resolve())
 
 
 def align_sweep(config: AlignConfig, alphas: list[float], out: str | Path, *, progress: str = "auto") -> dict[str, Any]:

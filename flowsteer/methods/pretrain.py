@@ -153,6 +153,9 @@ def pretrain(
     num_classes = data.train.num_classes if config.conditional else 0
     spec = default_model_spec(config.model, data.train.shape, num_classes=num_classes)
     if config.width is not None:
+        if spec["kind"] not in ("mlp", "unet"):
+            raise ConfigError(f"--width sizes the built-in networks; drop it with --model {config.model} (its size "
+                              "comes from its own config)")
         spec["hidden" if spec["kind"] == "mlp" else "base_channels"] = int(config.width)
 
     generator = seed_everything(config.train.seed)

@@ -4,6 +4,13 @@ A model spec is a plain dict saved in a run's ``config.json``::
 
     {"kind": "mlp", "shape": [2], "hidden": 256, "depth": 3, "num_classes": 0}
     {"kind": "unet", "shape": [1, 8, 8], "base_channels": 32, "channel_mult": [1, 2]}
+    {"kind": "diffusers-unet2d", "pretrained": DIR, "config": {...}, "shape": [C, H, W]}   (extra: diffusers)
+    {"kind": "diffusers-sd3", "pretrained": DIR, "subfolder": "transformer", "config": {...}, "shape": [...]}
+    {"kind": "module", "target": "pkg.mod:Class", "kwargs": {...}, "call": "t,x" | "x,t", "shape": [...]}
+
+Any spec may carry ``"lora": {"r", "lora_alpha", "target_modules"}``: the network is built, then LoRA
+layers are injected (peft) and only they train (see :mod:`flowsteer.models.lora`).  On the command line
+``--model`` takes ``auto``, ``mlp``, ``unet``, ``diffusers:DIR`` or ``module:pkg.mod:Class``.
 """
 
 from __future__ import annotations
@@ -30,6 +37,19 @@ def default_model_spec(kind: str, shape: tuple[int, ...], *, num_classes: int = 
     8x8 digits; choose ``unet`` for larger images.
     """
     shape = tuple(int(s) for s in shape)
+    if kind.startswith("diffusers:"):
+        from .adapters import diffusers_model_spec
+
+        spec = diffusers_model_spec(kind.split(":", 1)[1])
+        if tuple(spec["shape"]) != shape:
+            raise ConfigError(f"--model {kind}: the network takes samples of shape {tuple(spec['shape'])} but the data "
+                              f"has shape {shape}; use a network built for this data")
+        if num_classes and not spec["num_classes"]:
+            raise ConfigError(f"--model {kind} has no class embedding; drop --conditional")
+        return spec
+    if kind.startswith("module:"):
+        return {"kind": "module", "target": kind.split(":", 1)[1], "kwargs": {}, "call": "t,x", "shape": list(shape),
+                "num_classes": num_classes}
     if kind == "auto":
         kind = "mlp"
     if kind == "mlp":
@@ -42,12 +62,23 @@ def default_model_spec(kind: str, shape: tuple[int, ...], *, num_classes: int = 
         mult = [1, 2] if size <= 16 else [1, 2, 2]
         return {"kind": "unet", "shape": list(shape), "base_channels": 32, "channel_mult": mult,
                 "time_dim": 64, "num_classes": num_classes}
-    raise ConfigError(f"unknown model {kind!r}; choose one of auto, {', '.join(MODEL_KINDS)}")
+    raise ConfigError(f"unknown model {kind!r}; choose one of auto, {', '.join(MODEL_KINDS)}, diffusers:DIR, "
+                      "module:pkg.mod:Class")
 
 
 def build_model(spec: dict[str, Any]) -> nn.Module:
-    """Instantiate a built-in network from its spec dict."""
+    """Instantiate the network of a spec dict (and its LoRA layers, if the spec has ``lora``)."""
     spec = dict(spec)
+    lora = spec.pop("lora", None)
+    model = _build_network(spec)
+    if lora:
+        from .lora import add_lora
+
+        add_lora(model, lora)
+    return model
+
+
+def _build_network(spec: dict[str, Any]) -> nn.Module:
     kind = spec.pop("kind", None)
     if kind == "mlp":
         spec["shape"] = tuple(spec["shape"])
@@ -56,4 +87,28 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
         spec["shape"] = tuple(spec["shape"])
         spec["channel_mult"] = tuple(spec["channel_mult"])
         return UNetVelocity(**spec)
-    raise ConfigError(f"unknown model kind {kind!r} in the run's config; expected one of {', '.join(MODEL_KINDS)}")
+    if kind in ("diffusers-unet2d", "diffusers-sd3"):
+        from .adapters import build_diffusers_model
+
+        return build_diffusers_model({"kind": kind, **spec})
+    if kind == "module":
+        return _build_module(spec)
+    raise ConfigError(f"unknown model kind {kind!r} in the run's config; expected one of {', '.join(MODEL_KINDS)}, "
+                      "diffusers-unet2d, diffusers-sd3, module")
+
+
+def _build_module(spec: dict[str, Any]) -> nn.Module:
+    """A user network named ``pkg.mod:Class``, called ``net(t, x, **cond)`` (torchcfm's order) or ``net(x, t)``."""
+    import importlib
+
+    target = str(spec.get("target", ""))
+    module_name, _, class_name = target.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ConfigError(f"--model module:{target}: cannot import it ({type(exc).__name__}); write module:pkg.mod:Class "
+                          "with pkg.mod importable (on PYTHONPATH)") from None
+    net = cls(**spec.get("kwargs", {}))
+    if spec.get("call", "t,x") == "x,t":
+        return XTModel(net, cond_keys=("y",) if spec.get("num_classes") else ())
+    return net

@@ -13,6 +13,7 @@ Built-ins are chosen by a spec string (see :func:`build_reward`)::
     jpeg-incompressibility  plus the JPEG size in kB
     target:FILE.npy         minus the squared distance to a target point or image
     target:1.5,0.0          the same with the point written inline
+    clip:PROMPT[;contrast=TEXT][;model=DIR]   CLIP score of images (extra: clip; see rewards.clip)
     python:MODULE:FUNCTION  user code (importable module) ...
     python:FILE.py:FUNCTION ... or a file
     0.7*even-digits+0.3*jpeg-compressibility   a weighted sum

@@ -171,9 +171,14 @@ def _single(spec: str) -> Any:
         return _load_target(spec)
     if name == "python":
         return _load_python(spec)
+    if name == "clip":
+        from .clip import parse_clip_spec
+
+        return parse_clip_spec(arg)
     raise RewardError(
         f"unknown reward {spec!r}; use even-digits, digits:CLASSES, jpeg-compressibility, jpeg-incompressibility, "
-        "target:FILE.npy, python:MODULE:FUNCTION, or a weighted sum like 0.5*even-digits+0.5*jpeg-compressibility"
+        "target:FILE.npy, clip:PROMPT, python:MODULE:FUNCTION, or a weighted sum like "
+        "0.5*even-digits+0.5*jpeg-compressibility"
     )
 
 

@@ -1,0 +1,190 @@
+"""LoRA through peft: train low-rank adapters only, and read the base model through the same weights.
+
+``W x`` becomes ``W x + (alpha / r) B A x`` with ``A`` ``[r, in]`` (random) and ``B`` ``[out, r]`` (zeros), so a
+fresh adapter leaves the model's output unchanged.  The base weights are frozen; the optimiser, the EMA, the
+checkpoints and the lagged sampling policy see the adapter tensors only.  The reference velocity ``v_ref``
+of ORW-CFM-W2 is the same module run with its adapters disabled (:class:`AdapterDisabled`), not a second
+copy of the weights.
+
+Requires the ``peft`` package (``pip install 'flowsteer[diffusers]'``); nothing here is imported by the core.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+from torch import Tensor, nn
+
+from .adapters import require
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+
+# diffusers' own LoRA scripts target these projections
+SD3_TARGETS = ["attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
+               "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out"]
+UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+def inner_module(model: nn.Module) -> nn.Module:
+    """The wrapped library network (diffusers transformer / UNet) or the model itself."""
+    for name in ("transformer", "unet"):
+        inner = getattr(model, name, None)
+        if isinstance(inner, nn.Module):
+            return inner
+    return model
+
+
+def default_targets(model: nn.Module) -> list[str]:
+    """Attention projections for diffusers models; every ``nn.Linear`` for other networks."""
+    inner = inner_module(model)
+    kind = type(inner).__name__
+    if kind == "SD3Transformer2DModel":
+        return SD3_TARGETS
+    if kind == "UNet2DModel":
+        return UNET_TARGETS
+    return sorted({name for name, m in inner.named_modules() if isinstance(m, nn.Linear)})
+
+
+def lora_spec(model: nn.Module, *, rank: int, alpha: float | None = None, targets: list[str] | None = None) -> dict:
+    """The ``lora`` entry of a model spec: ``{"r", "lora_alpha", "target_modules"}``."""
+    return {"r": int(rank), "lora_alpha": float(alpha if alpha is not None else rank),
+            "target_modules": list(targets or default_targets(model))}
+
+
+def add_lora(model: nn.Module, spec: dict[str, Any]) -> nn.Module:
+    """Inject LoRA layers (peft) into ``model``'s network in place and freeze everything else."""
+    peft = require("peft", "diffusers")
+    config = peft.LoraConfig(r=spec["r"], lora_alpha=spec["lora_alpha"], target_modules=spec["target_modules"],
+                             lora_dropout=0.0, init_lora_weights=True)
+    peft.inject_adapter_in_model(config, inner_module(model))
+    for name, p in model.named_parameters():
+        p.requires_grad_(".lora_" in name)
+    return model
+
+
+def tuner_layers(model: nn.Module) -> list[nn.Module]:
+    try:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+    except ImportError:
+        return []
+    return [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+
+
+def has_lora(model: nn.Module) -> bool:
+    return any(".lora_" in name for name, _ in model.named_parameters())
+
+
+@contextlib.contextmanager
+def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` as its base: every LoRA layer bypassed, then restored (requires_grad included)."""
+    layers = tuner_layers(model)
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield model
+    finally:
+        for layer in layers:
+            layer.enable_adapters(True)
+
+
+class AdapterDisabled(nn.Module):
+    """The base model seen through a LoRA model: ``model(t, x, **cond)`` with the adapters disabled.
+
+    It holds no parameters of its own (the model is not registered as a submodule), so freezing or moving
+    this view never touches the trained adapters.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self._target = (model,)
+
+    def forward(self, t: Tensor, x: Tensor, **cond: Any) -> Tensor:
+        model = self._target[0]
+        with adapters_disabled(model):
+            return model(t, x, **cond)
+
+
+def trainable_state_dict(model: nn.Module, *, keep_vars: bool = False) -> dict[str, Tensor]:
+    """What a run saves and averages: the adapter tensors of a LoRA model, else the whole state dict."""
+    state = model.state_dict(keep_vars=keep_vars)
+    if not has_lora(model):
+        return state
+    return {k: v for k, v in state.items() if ".lora_" in k}
+
+
+def load_trainable_state_dict(model: nn.Module, state: dict[str, Tensor]) -> None:
+    """Load :func:`trainable_state_dict` output: strict for full models; for LoRA, exactly the adapter keys."""
+    if not has_lora(model):
+        model.load_state_dict(state, strict=True)
+        return
+    expected = set(trainable_state_dict(model))
+    if set(state) != expected:
+        missing, extra = sorted(expected - set(state))[:3], sorted(set(state) - expected)[:3]
+        raise ValueError(f"adapter weights do not match the model (missing {missing}, unexpected {extra})")
+    model.load_state_dict(state, strict=False)
+
+
+def save_adapter(model: nn.Module, folder: str | Path, spec: dict[str, Any], weights: dict[str, Tensor] | None = None) -> None:
+    """Write ``adapter_model.safetensors`` and ``adapter_config.json`` in peft's format.
+
+    Keys are relative to the library network (``transformer_blocks.0.attn.to_q.lora_A.weight``), so the
+    adapter loads back into the base with ``peft.inject_adapter_in_model`` + ``set_peft_model_state_dict``
+    (see :func:`load_adapter`).  ``weights``: the adapter tensors to save (default: the model's own).
+    """
+    from safetensors.torch import save_file
+
+    from ..io import atomic_write_json
+
+    peft = require("peft", "diffusers")
+    inner = inner_module(model)
+    prefix = next((n + "." for n, m in model.named_children() if m is inner), "")
+    if weights is None:
+        weights = trainable_state_dict(model)
+    state = {k[len(prefix):].replace(".default.", "."): v.detach().contiguous() for k, v in weights.items()}
+    folder = Path(folder)
+    tmp = folder / (ADAPTER_WEIGHTS + ".tmp")
+    save_file(state, str(tmp))
+    tmp.replace(folder / ADAPTER_WEIGHTS)
+    config = peft.LoraConfig(r=spec["r"], lora_alpha=spec["lora_alpha"], target_modules=spec["target_modules"])
+    config_dict = json.loads(json.dumps(config.to_dict(), default=lambda o: sorted(o) if isinstance(o, set) else str(o)))
+    atomic_write_json(folder / ADAPTER_CONFIG, config_dict)
+
+
+def load_adapter(network: nn.Module, folder: str | Path) -> nn.Module:
+    """Load a saved adapter into a base library network (in place), the way a user of peft would."""
+    from safetensors.torch import load_file
+
+    peft = require("peft", "diffusers")
+    config = peft.LoraConfig.from_pretrained(str(folder))
+    peft.inject_adapter_in_model(config, network)
+    result = peft.set_peft_model_state_dict(network, load_file(str(Path(folder) / ADAPTER_WEIGHTS)))
+    unexpected = getattr(result, "unexpected_keys", [])
+    if unexpected:
+        raise KeyError(f"adapter keys not in the network: {unexpected[:3]}")
+    return network
+
+
+@contextlib.contextmanager
+def swapped_weights(model: nn.Module, weights: dict[str, Tensor]) -> Iterator[nn.Module]:
+    """Run ``model`` with ``weights`` (a subset of its state dict) copied in; the live values come back after.
+
+    Used to sample with an EMA or a lagged policy that lives as a few tensors (a LoRA adapter) instead
+    of as a second copy of the network.  The restore is an exact copy, so training is unaffected.
+    """
+    import torch
+
+    live = model.state_dict(keep_vars=True)
+    saved = {k: live[k].detach().clone() for k in weights}
+    with torch.no_grad():
+        for k, v in weights.items():
+            live[k].copy_(v)
+    try:
+        yield model
+    finally:
+        with torch.no_grad():
+            for k, v in saved.items():
+                live[k].copy_(v)
