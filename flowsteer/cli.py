@@ -68,6 +68,9 @@ def _add_train_options(p: argparse.ArgumentParser, *, align: bool = False, adapt
                    help=f"checkpoint folders to keep (default: {d.keep_last})")
     g.add_argument("--max-bad-steps", type=int, default=d.max_bad_steps,
                    help=f"non-finite steps in a row (each skipped) that stop the run (default: {d.max_bad_steps})")
+    g.add_argument("--log", choices=("jsonl", "tensorboard"), default="jsonl",
+                   help="jsonl: metrics.jsonl only (default); tensorboard: also TensorBoard events in OUT/tensorboard "
+                        "(extra: tensorboard)")
 
 
 def _add_resume(p: argparse.ArgumentParser) -> None:
@@ -361,7 +364,7 @@ def _train_config(args: argparse.Namespace):
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
         grad_clip=args.grad_clip, ema_decay=args.ema_decay, weight_decay=args.weight_decay, seed=args.seed,
         log_every=args.log_every, checkpoint_every=args.checkpoint_every, keep_last=args.keep_last,
-        max_bad_steps=args.max_bad_steps,
+        max_bad_steps=args.max_bad_steps, log=args.log,
     )
     return train
 

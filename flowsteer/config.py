@@ -15,6 +15,7 @@ TOYS = ("moons", "8gaussians", "checkerboard", "circles", "swissroll")
 TIME_SAMPLERS = ("uniform", "logit-normal")
 ALIGN_METHODS = ("orw-w2", "orw", "rwr", "raft")
 SCHEDULES = ("geometric", "linear", "cosine")
+LOGGERS = ("jsonl", "tensorboard")
 # The documented default alpha: on the even-digits task it keeps P(even) >= 0.95 with class entropy
 # >= 1.45 nats (docs/results.md); alpha = 0 collapses, alpha = 1 barely moves the reward.
 ALIGN_DEFAULT_ALPHA = 0.15
@@ -39,6 +40,8 @@ class TrainConfig:
         keep_last: checkpoint folders to keep (older ones are deleted; the newest is never deleted).
         max_bad_steps: consecutive non-finite steps (loss or gradient) that stop the run; each one
             is skipped (no update), counted and logged.
+        log: ``jsonl`` (``metrics.jsonl`` only) or ``tensorboard`` (also TensorBoard event files in the run's
+            ``tensorboard/`` folder; extra: tensorboard).
     """
 
     steps: int = 4000
@@ -53,6 +56,7 @@ class TrainConfig:
     checkpoint_every: int = 0
     keep_last: int = 2
     max_bad_steps: int = 5
+    log: str = "jsonl"
 
     def validate(self) -> list[str]:
         problems = []
@@ -76,6 +80,8 @@ class TrainConfig:
             problems.append(f"--keep-last must be >= 1 (got {self.keep_last})")
         if self.max_bad_steps < 1:
             problems.append(f"--max-bad-steps must be >= 1 (got {self.max_bad_steps})")
+        if self.log not in LOGGERS:
+            problems.append(f"--log must be one of {', '.join(LOGGERS)} (got {self.log!r})")
         return problems
 
 

@@ -20,9 +20,27 @@ class RunWriter:
     """Writes a run folder: a ``checkpoint-STEP/`` folder (and the sampling weights and config at the
     root) at each checkpoint; metrics as they come."""
 
-    def __init__(self, out_dir: Path, run_config: dict[str, Any], *, keep_last: int = 2) -> None:
+    def __init__(self, out_dir: Path, run_config: dict[str, Any], *, keep_last: int = 2, tensorboard: bool = False) -> None:
         self.out_dir, self.run_config, self.keep_last = out_dir, run_config, keep_last
         out_dir.mkdir(parents=True, exist_ok=True)
+        self.tensorboard = tensorboard
+        self._board: Any = None
+
+    def open_board(self, start_step: int = 0) -> None:
+        """Start the TensorBoard writer; on resume, events after ``start_step`` (from the dead run) are purged."""
+        if not self.tensorboard:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ConfigError("--log tensorboard needs the tensorboard package; install it with pip install "
+                              "'flowsteer[tensorboard]' or drop --log tensorboard") from None
+        self._board = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=start_step or None)
+
+    def close(self) -> None:
+        if self._board is not None:
+            self._board.close()
+            self._board = None
 
     def checkpoint(self, trainer: Trainer) -> None:
         weights = trainer.sampling_state_dict()
@@ -51,6 +69,12 @@ class RunWriter:
 
     def log(self, record: dict[str, Any]) -> None:
         log_metrics(self.out_dir, record)
+        if self._board is not None:
+            kind, step = record.get("kind", "train"), int(record.get("step", 0))
+            for key, value in record.items():
+                if key not in ("step", "kind") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self._board.add_scalar(f"{kind}/{key}", value, step)
+            self._board.flush()
 
 
 def fit(
@@ -77,7 +101,10 @@ def fit(
         if checkpoint is None:
             raise ConfigError(f"--resume: {str(out)!r} has no checkpoint to resume from; drop --resume to start "
                               "the run again (pass --checkpoint-every N to checkpoint during training)")
-    writer = RunWriter(out, run_config, keep_last=train.keep_last) if out is not None else None
+    if train.log == "tensorboard" and out is None:
+        raise ConfigError("--log tensorboard writes into the run folder; give --out")
+    writer = RunWriter(out, run_config, keep_last=train.keep_last, tensorboard=train.log == "tensorboard") \
+        if out is not None else None
     bar = Progress(train.steps, mode=progress, desc=desc)
     trainer = Trainer(
         model, objective, train, generator=generator,
@@ -89,7 +116,13 @@ def fit(
         assert writer is not None
         writer.truncate_metrics(trainer.step)
         bar.message(f"resumed {out} at step {trainer.step} from {checkpoint.name}")
-    trainer.fit()
+    if writer is not None:
+        writer.open_board(trainer.step)
+    try:
+        trainer.fit()
+    finally:
+        if writer is not None:
+            writer.close()
     return trainer
 
 
