@@ -369,6 +369,12 @@ def _train_config(args: argparse.Namespace):
     return train
 
 
+def _is_main_process() -> bool:
+    from .distributed import setup
+
+    return setup().is_main
+
+
 def _parse_alphas(text: str | None) -> list[float]:
     from .config import ALIGN_DEFAULT_ALPHA
 
@@ -423,6 +429,8 @@ def cmd_align(args: argparse.Namespace) -> int:
         if args.resume:
             raise ConfigError("--resume continues one run; resume a sweep's runs one at a time (--out DIR/alpha-A)")
         summary = align_sweep(config, alphas, out, progress=_progress_mode(args))
+        if not _is_main_process():
+            return 0
         for p in summary["points"]:
             _say(args, f"alpha={p['alpha']:g}: reward {p['reward_mean']:.3f}, "
                        + (f"class entropy {p['class_entropy']:.3f}, " if "class_entropy" in p else "")
@@ -430,6 +438,8 @@ def cmd_align(args: argparse.Namespace) -> int:
         _say(args, f"sweep: {out / 'sweep.json'}  plot: {out / 'pareto.png'}")
         return 0
     run = align(config, out, progress=_progress_mode(args), resume=args.resume)
+    if not _is_main_process():  # under accelerate launch, rank 0 reports
+        return 0
     f = run.config["final"]
     _say(args, f"saved run to {out}: reward {f['reward_mean']:.3f} (std {f['reward_std']:.3f})"
                + (f", class entropy {f['class_entropy']:.3f}" if "class_entropy" in f else "")

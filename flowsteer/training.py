@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import TrainConfig
+from .distributed import Distributed
 from .errors import ConfigError, Interrupted, TrainingStopped
 from .models.lora import load_trainable_state_dict, trainable_state_dict
 from .progress import Progress
@@ -127,6 +128,9 @@ class Trainer:
             ``eval_every`` steps and at the end; returns a dict of metrics that
             is logged with ``kind = "eval"``.
         eval_every: steps between evaluations (0 = only before and after).
+        dist: the process group (:mod:`flowsteer.distributed`); with several ranks the model is trained
+            through DistributedDataParallel, and evaluation and checkpoint writing run on rank 0 only
+            (the other ranks wait at a barrier).  ``self.model`` is always the unwrapped network.
     """
 
     def __init__(
@@ -141,6 +145,7 @@ class Trainer:
         progress: Progress | None = None,
         evaluate: Callable[["Trainer"], dict[str, Any]] | None = None,
         eval_every: int = 0,
+        dist: Distributed | None = None,
     ) -> None:
         problems = config.validate()
         if problems:
@@ -163,6 +168,10 @@ class Trainer:
         )
         self.ema = EMA(model, config.ema_decay) if config.ema_decay > 0 else None
         self.step = 0
+        self.dist = dist or Distributed()
+        self.train_model = self.dist.wrap(model)
+        self._rng_ranks: list[Any] | None = None
+        self.ranks_in_sync: bool | None = None
 
     # ----------------------------------------------------------------- state
 
@@ -181,6 +190,9 @@ class Trainer:
             "eval_history": list(self.eval_history),
             "skipped_steps": self.skipped_steps,
         }
+        if self.dist.enabled:
+            state["world_size"] = self.dist.world_size
+            state["rng_ranks"] = self._rng_ranks or self.dist.gather_object(rng_state(self.generator))
         objective_state = getattr(self.objective, "state_dict", None)
         if callable(objective_state):
             state["objective"] = objective_state()
@@ -194,7 +206,11 @@ class Trainer:
         if self.ema is not None and state.get("ema") is not None:
             for k, v in state["ema"].items():
                 self.ema.shadow[k].copy_(v)
-        set_rng_state(self.generator, state["rng"])
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != self.dist.world_size:
+            raise ConfigError(f"--resume: the checkpoint was written by {saved_world} process(es), this run has "
+                              f"{self.dist.world_size}; resume with the same number of processes")
+        set_rng_state(self.generator, state["rng_ranks"][self.dist.rank] if self.dist.enabled else state["rng"])
         self.eval_history = list(state.get("eval_history", []))
         self.skipped_steps = int(state.get("skipped_steps", 0))
         if "objective" in state and hasattr(self.objective, "load_state_dict"):
@@ -203,9 +219,20 @@ class Trainer:
     # ----------------------------------------------------------------- loop
 
     def run_evaluation(self) -> dict[str, Any]:
-        """Evaluate now (model in eval mode, no gradients), log and return the metrics."""
+        """Evaluate now (model in eval mode, no gradients), log and return the metrics (rank 0 only)."""
         if self.evaluate_fn is None:
             return {}
+        if not self.dist.is_main:
+            self.last_eval_step = self.step
+            self.dist.barrier()
+            return {}
+        try:
+            return self._evaluate()
+        finally:
+            self.dist.barrier()
+
+    def _evaluate(self) -> dict[str, Any]:
+        assert self.evaluate_fn is not None
         was_training = self.model.training
         self.model.eval()
         with torch.no_grad():
@@ -223,10 +250,11 @@ class Trainer:
     def _step(self, params: list[Tensor]) -> tuple[StepOutput, Tensor | None, str | None]:
         """One guarded optimisation step: returns (output, grad norm, None) or (output, None, why it was skipped)."""
         cfg = self.config
-        out = self.objective.loss(self.model, step=self.step, generator=self.generator)
+        out = self.objective.loss(self.train_model, step=self.step, generator=self.generator)
         self.optimizer.zero_grad(set_to_none=True)
-        if not torch.isfinite(out.loss):
-            return out, None, f"non-finite loss ({out.loss.item()})"
+        finite = bool(torch.isfinite(out.loss))
+        if not self.dist.all_true(finite):  # every rank skips together, or the others would wait in backward
+            return out, None, f"non-finite loss ({out.loss.item()})" if not finite else "non-finite loss on another rank"
         out.loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
         if not torch.isfinite(grad_norm):
@@ -237,6 +265,14 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.model, self.step)
         return out, grad_norm, None
+
+    def _checkpoint(self) -> None:
+        """Save through ``checkpoint_fn`` on rank 0, with every rank's RNG state; all ranks wait for it."""
+        if self.dist.enabled:
+            self._rng_ranks = self.dist.gather_object(rng_state(self.generator))
+        if self.checkpoint_fn is not None and self.dist.is_main:
+            self.checkpoint_fn(self)
+        self.dist.barrier()
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         self._stop_signal = signum
@@ -303,14 +339,15 @@ class Trainer:
                     sums, count = {}, 0
                 if self.eval_every and self.step % self.eval_every == 0 and self.step < cfg.steps:
                     self.run_evaluation()
-                if self.checkpoint_fn is not None and cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
-                    self.checkpoint_fn(self)
+                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                    self._checkpoint()
                 if self._stop_signal:
                     self._interrupt()
             if self.evaluate_fn is not None and self.last_eval_step != self.step:
                 self.run_evaluation()
-            if self.checkpoint_fn is not None:
-                self.checkpoint_fn(self)
+            self._checkpoint()
+            if self.dist.enabled:
+                self.ranks_in_sync = len(set(self.dist.gather_object(weights_digest(self.model)))) == 1
         finally:
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
@@ -324,10 +361,21 @@ class Trainer:
 
         name = signal.Signals(self._stop_signal).name
         saved = ""
-        if self.checkpoint_fn is not None:
-            self.checkpoint_fn(self)
+        if self.checkpoint_fn is not None or self.dist.enabled:
+            self._checkpoint()
             saved = f"; saved a checkpoint at step {self.step} - run the same command with --resume to continue"
         raise Interrupted(f"interrupted by {name} at step {self.step}{saved}", signum=self._stop_signal)
+
+
+def weights_digest(model: nn.Module) -> str:
+    """SHA-256 of the trained tensors' bytes: equal on every rank when gradients were synchronised."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for key, value in sorted(trainable_state_dict(model).items()):
+        h.update(key.encode())
+        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def config_dict(config: Any) -> dict[str, Any]:

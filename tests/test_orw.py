@@ -237,8 +237,29 @@ def test_orw_policy_is_lagged_by_k_steps(gaussian_base):
     snapshots = []
     for step in range(5):
         obj.loss(model, step=step, generator=g).loss.backward()
-        snapshots.append(obj.policy.out.weight.detach().clone())
+        snapshots.append(obj.policy.net.out.weight.detach().clone())
         opt.step(), opt.zero_grad()
     assert torch.equal(snapshots[0], snapshots[1]) and torch.equal(snapshots[1], snapshots[2])  # frozen for K steps
     assert not torch.equal(snapshots[2], snapshots[3])  # refreshed at step 3 from the trained model
     assert torch.equal(snapshots[3], snapshots[4])
+
+
+def test_orw_policy_of_a_lora_model_is_lagged_and_leaves_training_untouched(gaussian_base):
+    """The LoRA policy lives as adapter tensors: rollouts see the snapshot; the trained tensors are unchanged."""
+    pytest.importorskip("peft")
+    from flowsteer.models.lora import add_lora, lora_spec, trainable_state_dict
+
+    _, model, obj, cfg, g = make_objective(gaussian_base, lambda x: x[:, 0], refresh_every=3, rollout_steps=2)
+    add_lora(model, lora_spec(model, rank=2))
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    snapshots = []
+    for step in range(5):
+        live = {k: v.clone() for k, v in trainable_state_dict(model).items()}
+        obj.loss(model, step=step, generator=g).loss.backward()
+        assert all(torch.equal(live[k], v) for k, v in trainable_state_dict(model).items())  # swap restored
+        assert obj.policy.net is None
+        snapshots.append({k: v.clone() for k, v in obj.policy.weights.items()})
+        opt.step(), opt.zero_grad()
+    same = lambda a, b: all(torch.equal(a[k], b[k]) for k in a)  # noqa: E731
+    assert same(snapshots[0], snapshots[1]) and same(snapshots[1], snapshots[2])
+    assert not same(snapshots[2], snapshots[3]) and same(snapshots[3], snapshots[4])

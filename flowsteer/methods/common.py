@@ -13,6 +13,7 @@ from ..progress import Progress
 from ..errors import ConfigError
 from ..runs import (METRICS_FILE, WEIGHTS_FILE, load_trainer_state, log_metrics, resolve_checkpoint, save_checkpoint,
                     save_weights, write_config)
+from ..distributed import Distributed
 from ..training import Objective, Trainer
 
 
@@ -90,11 +91,15 @@ def fit(
     resume: bool | str = False,
     evaluate: Callable[[Trainer], dict[str, Any]] | None = None,
     eval_every: int = 0,
+    dist: Distributed | None = None,
 ) -> Trainer:
     """Run the shared Trainer for one method, writing ``out`` as a run folder (None = in memory).
 
     ``resume``: False, True / ``"auto"`` (the latest checkpoint) or a checkpoint folder name.
+    ``dist``: with several processes every rank reads the checkpoint it resumes from, and rank 0 alone
+    writes the run folder and shows progress.
     """
+    dist = dist or Distributed()
     checkpoint = None
     if resume and out is not None:
         checkpoint = resolve_checkpoint(out, "auto" if resume is True else str(resume)) if out.is_dir() else None
@@ -104,17 +109,17 @@ def fit(
     if train.log == "tensorboard" and out is None:
         raise ConfigError("--log tensorboard writes into the run folder; give --out")
     writer = RunWriter(out, run_config, keep_last=train.keep_last, tensorboard=train.log == "tensorboard") \
-        if out is not None else None
-    bar = Progress(train.steps, mode=progress, desc=desc)
+        if out is not None and dist.is_main else None
+    bar = Progress(train.steps, mode=progress if dist.is_main else "quiet", desc=desc)
     trainer = Trainer(
         model, objective, train, generator=generator,
         checkpoint=writer.checkpoint if writer else None, log=writer.log if writer else None,
-        progress=bar, evaluate=evaluate, eval_every=eval_every,
+        progress=bar, evaluate=evaluate, eval_every=eval_every, dist=dist,
     )
     if checkpoint is not None:
         trainer.load_state_dict(load_trainer_state(checkpoint))
-        assert writer is not None
-        writer.truncate_metrics(trainer.step)
+        if writer is not None:
+            writer.truncate_metrics(trainer.step)
         bar.message(f"resumed {out} at step {trainer.step} from {checkpoint.name}")
     if writer is not None:
         writer.open_board(trainer.step)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -51,6 +52,7 @@ from ..rewards import RewardError, build_reward, score
 from ..rewards.protocol import reward_name
 from ..runs import Run, load_base, load_run
 from ..solvers import integrate
+from ..distributed import mean_across_ranks, setup, unwrap
 from ..training import StepOutput, Trainer, seed_everything
 from .common import fit, sampling_copy
 
@@ -220,6 +222,7 @@ class LaggedPolicy:
     """
 
     def __init__(self, model: nn.Module) -> None:
+        model = unwrap(model)
         self.adapter_only = has_lora(model)
         self.net: nn.Module | None = None
         self.weights: dict[str, Tensor] = {}
@@ -231,6 +234,7 @@ class LaggedPolicy:
                 p.requires_grad_(False)
 
     def refresh(self, model: nn.Module) -> None:
+        model = unwrap(model)
         if self.net is not None:
             self.net.load_state_dict(model.state_dict())
             return
@@ -241,6 +245,7 @@ class LaggedPolicy:
     @contextlib.contextmanager
     def network(self, model: nn.Module) -> Iterator[nn.Module]:
         """The network to roll out with (``model`` itself, adapters swapped, for LoRA)."""
+        model = unwrap(model)
         if self.net is not None:
             yield self.net
             return
@@ -399,7 +404,7 @@ class RewardWeightedObjective:
         with torch.no_grad():
             ref = self.reference(s.t, s.x_t, **cond)
         loss, w2_term = orw_loss(pred, s.target, ref, w, alpha=self.alpha)
-        w2_value = float(w2_term.detach())
+        w2_value = mean_across_ranks(float(w2_term.detach()))  # the dual variable must agree across ranks
         self.w2_running = w2_value if self.w2_running is None else 0.95 * self.w2_running + 0.05 * w2_value
         alpha_used = self.alpha
         if self.cfg.w2_budget is not None:
@@ -485,9 +490,14 @@ def align(config: AlignConfig, out: str | Path | None, *, progress: str = "auto"
     problems = config.validate()
     if problems:
         raise ConfigError.listing(problems)
+    dist = setup()
+    local = dataclasses.replace(config, train=dataclasses.replace(config.train,
+                                                                  batch_size=dist.local_batch(config.train.batch_size)))
     base = load_base(config.base, prompt=config.prompt)
     reward = build_reward(config.reward)
-    generator = seed_everything(config.train.seed)
+    generator = seed_everything(config.train.seed)  # the same on every rank: the same initial weights
+    if dist.enabled:  # each rank rolls out its own samples; rank 0's stream is the single-process one
+        generator = torch.Generator().manual_seed(dist.rank_seed(config.train.seed))
     spec = dict(base.config["model"])
     if config.lora_rank:
         if spec.get("lora"):
@@ -506,11 +516,17 @@ def align(config: AlignConfig, out: str | Path | None, *, progress: str = "auto"
     decode = base.decode
     condition = base.condition if base.prompt_embeds else None
     objective = RewardWeightedObjective(
-        reference=reference, reward=reward, config=config, decode=decode, shape=base.shape, sigma=base.sigma,
+        reference=reference, reward=reward, config=local, decode=decode, shape=base.shape, sigma=base.sigma,
         num_classes=base.num_classes, generator=generator, condition=condition,
     )
-    evaluator = AlignEvaluator(reference=reference, reward=reward, config=config, decode=decode, shape=base.shape,
-                               sigma=base.sigma, num_classes=base.num_classes, condition=condition)
+    evaluators: list[AlignEvaluator] = []
+
+    def evaluate(trainer: Trainer) -> dict[str, Any]:  # built on first use: only rank 0 evaluates
+        if not evaluators:
+            evaluators.append(AlignEvaluator(reference=reference, reward=reward, config=config, decode=decode,
+                                             shape=base.shape, sigma=base.sigma, num_classes=base.num_classes,
+                                             condition=condition))
+        return evaluators[0](trainer)
     settings = asdict(config)
     settings["reward"] = reward_name(reward) if not isinstance(config.reward, str) else config.reward
     run_config = {
@@ -521,7 +537,10 @@ def align(config: AlignConfig, out: str | Path | None, *, progress: str = "auto"
     if "condition" in base.config:
         run_config["condition"] = base.config["condition"]
     out_dir = Path(out) if out is not None else None
-    if out_dir is not None and base.prompt_embeds:
+    if dist.enabled:
+        run_config["distributed"] = {"world_size": dist.world_size, "rank_seeds": [
+            config.train.seed + r for r in range(dist.world_size)], "batch_per_rank": local.train.batch_size}
+    if out_dir is not None and base.prompt_embeds and dist.is_main:
         from ..io import atomic_path
         from ..runs import PROMPT_FILE
         from safetensors.torch import save_file
@@ -530,12 +549,14 @@ def align(config: AlignConfig, out: str | Path | None, *, progress: str = "auto"
         with atomic_path(out_dir / PROMPT_FILE) as tmp:
             save_file({k: v.contiguous() for k, v in base.prompt_embeds.items()}, str(tmp))
     trainer = fit(model, objective, config.train, generator=generator, out=out_dir, run_config=run_config,
-                  progress=progress, desc=f"align:{config.method}", resume=resume, evaluate=evaluator,
-                  eval_every=config.eval_every)
+                  progress=progress, desc=f"align:{config.method}", resume=resume, evaluate=evaluate,
+                  eval_every=config.eval_every, dist=dist)
     final = {**trainer.last_eval, "final_alpha": objective.alpha, "w2_bound_running": objective.w2_running,
              "bad_rewards_skipped": objective.bad_total, "steps": trainer.step}
+    if dist.enabled:
+        final["ranks_in_sync"] = trainer.ranks_in_sync
     run_config["final"] = final
-    if out_dir is not None:
+    if out_dir is not None and dist.is_main:
         from ..io import atomic_write_json
         from ..runs import write_config
         from ..plots import save_training_curves
@@ -573,6 +594,8 @@ def align_sweep(config: AlignConfig, alphas: list[float], out: str | Path, *, pr
         cfg.alpha = float(a)
         align(cfg, sweep_run_dir(out, a), progress=progress)
         runs.append(sweep_run_dir(out, a))
+    if not setup().is_main:
+        return {"points": []}
     return write_sweep_summary(out, runs)
 
 
