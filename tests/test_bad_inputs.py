@@ -68,6 +68,16 @@ CASES = [
     ("target-shape", "an adapt target whose dimension differs from the base model's",
      "adapt --base {ws}/run --target digits --out {ws}/new", 2, "shape (1, 8, 8)"),
     ("json-extension", "evaluate --json without .json", "evaluate --model {ws}/run --json {ws}/existing.npy", 2, ".json"),
+    ("diffusers-missing", "--base diffusers:DIR where DIR does not exist",
+     "align --base diffusers:{ws}/nowhere --reward even-digits --out {ws}/new", 2, "no such folder"),
+    ("diffusers-not-a-model", "--base diffusers:DIR on a folder that is no diffusers model",
+     "align --base diffusers:{ws}/mixed --reward even-digits --out {ws}/new", 2, "no model_index.json or config.json"),
+    ("prompt-on-a-run", "--prompt for a base that is not text-conditioned",
+     "align --base {ws}/run --prompt cat --reward target:1,0 --out {ws}/new", 2, "drop it for this base"),
+    ("lora-rank-negative", "a negative --lora-rank",
+     "align --base {ws}/run --reward target:1,0 --lora-rank -2 --out {ws}/new", 2, "--lora-rank must be >= 0"),
+    ("clip-model-missing", "a CLIP reward whose model folder does not exist",
+     "align --base {ws}/run --reward clip:a;model={ws}/noclip --out {ws}/new", 2, "cannot load the CLIP model"),
 ]
 
 

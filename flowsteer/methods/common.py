@@ -99,7 +99,13 @@ def fit(
     ``dist``: with several processes every rank reads the checkpoint it resumes from, and rank 0 alone
     writes the run folder and shows progress.
     """
-    dist = dist or Distributed()
+    if dist is None:
+        from ..distributed import world_size_from_env
+
+        if world_size_from_env() > 1:
+            raise ConfigError(f"{desc} runs in one process; multi-process training (accelerate launch) is supported "
+                              "for align - launch this command without accelerate")
+        dist = Distributed()
     checkpoint = None
     if resume and out is not None:
         checkpoint = resolve_checkpoint(out, "auto" if resume is True else str(resume)) if out.is_dir() else None
