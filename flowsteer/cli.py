@@ -79,7 +79,7 @@ def _add_resume(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .config import (ALIGN_DEFAULT_ALPHA, ALIGN_DEFAULT_TAU, ALIGN_METHODS, COUPLINGS, MODEL_KINDS, SCHEDULES,
+    from .config import (ALIGN_DEFAULT_ALPHA, ALIGN_DEFAULT_TAU, ALIGN_METHODS, COUPLINGS, SCHEDULES,
                          SOLVERS, TIME_SAMPLERS)
 
     parser = _Parser(prog="flowsteer", description="Fine-tune flow-matching generative models.")

@@ -55,8 +55,9 @@ class EMA:
     """Exponential moving average of a model's floating-point parameters and buffers.
 
     Only the trained tensors are averaged (:func:`~flowsteer.models.lora.trainable_state_dict`: the
-    adapters of a LoRA model, else every parameter and buffer).  The live tensors are captured once (``load_state_dict`` copies in place, so
-    they stay the same objects); each update is one fused ``_foreach_lerp_``.
+    adapters of a LoRA model, else every parameter and buffer).  The live tensors are captured once
+    (``load_state_dict`` copies in place, so they stay the same objects); each update is one fused
+    ``_foreach_lerp_``.
     """
 
     def __init__(self, model: nn.Module, decay: float) -> None:

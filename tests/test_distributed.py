@@ -83,6 +83,8 @@ def test_two_processes_sync_and_match_a_single_process_run(base, tmp_path):
     moved = (one0 - start).norm()
     seed_gap = (one0 - one1).norm()
     gap = (two - one0).norm()
+    print(f"||two - one(seed 0)|| = {gap:.4f}; ||one(seed 0) - one(seed 1)|| = {seed_gap:.4f}; "
+          f"||one(seed 0) - base|| = {moved:.4f}")
     assert gap <= 1.5 * seed_gap, (float(gap), float(seed_gap))
     assert gap < 0.5 * moved, (float(gap), float(moved))
 

@@ -50,7 +50,7 @@ from ..models.lora import (AdapterDisabled, add_lora, has_lora, lora_spec, save_
 from ..paths import TimeSampler, build_path
 from ..rewards import RewardError, build_reward, score
 from ..rewards.protocol import reward_name
-from ..runs import Run, load_base, load_run
+from ..runs import Run, load_base
 from ..solvers import integrate
 from ..distributed import mean_across_ranks, setup, unwrap
 from ..training import StepOutput, Trainer, seed_everything
