@@ -2,7 +2,7 @@
 
     python benchmarks/reproduce.py [--out runs/reproduce] [--only-write]
 
-Stages (about 40 minutes on 2 CPU cores):
+Stages (about 35 minutes on 2 CPU cores):
   1. Theorem 2's tilt on a Gaussian mixture (tests/test_orw_theorem2.py, which records its figures), then
      a digits base model and the weight-alignment comparison (benchmarks/weight_alignment.py);
   2. collapse at alpha = 0, the alpha trade-off and the W2-budget mode (benchmarks/even_digits.py);

@@ -68,9 +68,10 @@ class EvaluationConfig:
 
 def _sample(run: Run, x0: Tensor, cond: dict[str, Tensor], nfe: int, seed: int) -> Tensor:
     solver = "euler-maruyama" if run.sigma > 0 else "euler"
+    cond = {**run.condition(x0.shape[0]), **cond}  # a text-conditioned run's prompt states
     res = integrate(run.model, x0, solver=solver, steps=nfe, sigma=run.sigma, cond=cond,
                     generator=torch.Generator().manual_seed(seed + 1))
-    return run.normalizer.decode(res.x)
+    return run.decode(res.x)
 
 
 def _features(x: Tensor) -> Tensor:
@@ -164,7 +165,8 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
                          "frechet": per_nfe[top]["frechet_target"]}
     out["per_nfe"] = [per_nfe[k] for k in nfes]
     if run.sigma == 0:
-        out["paths"] = path_metrics(run.model, x0[: min(config.n, 500)], cond={k: v[:500] for k, v in cond.items()})
+        paths_cond = {**run.condition(min(config.n, 500)), **{k: v[:500] for k, v in cond.items()}}
+        out["paths"] = path_metrics(run.model, x0[: min(config.n, 500)], cond=paths_cond)
     return out
 
 

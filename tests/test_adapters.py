@@ -179,6 +179,12 @@ def test_align_sd3_with_lora_and_clip_through_the_cli(tiny, tmp_path):
     assert r.returncode == 0, r.stderr
     images = np.load(tmp_path / "s.npy")
     assert images.shape == (3, 3, 16, 16) and images.min() >= 0 and images.max() <= 1
+    # evaluate conditions on the run's prompt and scores the decoded images
+    r = cli("evaluate", "--model", str(out), "--reward", reward, "--n", "4", "--nfe", "1,2", "--json",
+            str(tmp_path / "e.json"), "--quiet")
+    assert r.returncode == 0, r.stderr
+    evaluation = json.loads((tmp_path / "e.json").read_text())
+    assert 0 < evaluation["reward"]["mean"] < 1 and len(evaluation["per_nfe"]) == 2
 
 
 def test_unet2d_pretrains_and_aligns_through_the_cli(tiny, tmp_path):

@@ -125,6 +125,7 @@ def test_killing_one_rank_ends_the_other_with_an_error(base, tmp_path):
         rc = proc.wait(timeout=120)  # bounded: a hang fails the test here
         assert rc != 0
         assert not survivor.is_running() or survivor.status() == psutil.STATUS_ZOMBIE
+        print(f"launcher exited {rc} {time.time() - start:.1f} s after rank 1 was killed")
         assert time.time() - start < 120
     finally:
         if proc.poll() is None:
