@@ -12,7 +12,8 @@ The same code runs with no launcher (one process: every call here is a no-op) an
   group's timeout (``FLOWSTEER_DIST_TIMEOUT`` seconds, default 300) bounds every wait, so a rank whose peer
   died exits with an error instead of hanging.
 
-Requires the ``accelerate`` package only when launched with more than one process.
+Requires the ``accelerate`` package only when launched with more than one process.  The loop runs on
+the CPU (gloo); accelerator placement is not implemented yet.
 """
 
 from __future__ import annotations
@@ -111,9 +112,9 @@ def setup() -> Distributed:
         raise ConfigError("launched with several processes, which needs accelerate; install it with pip install "
                           "'flowsteer[distributed]'") from None
     timeout = float(os.environ.get("FLOWSTEER_DIST_TIMEOUT", "300"))
-    # without an accelerator device the processes meet over gloo on the CPU (accelerate's MULTI_CPU)
-    cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
-    accelerator = Accelerator(cpu=cpu, kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=timeout))])
+    # flowsteer's loop keeps its tensors on the CPU, so the processes meet over gloo on the CPU
+    # (accelerate's MULTI_CPU) even where GPUs exist; placing the loop on accelerators is not done yet
+    accelerator = Accelerator(cpu=True, kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=timeout))])
     _CURRENT = Distributed(rank=accelerator.process_index, world_size=accelerator.num_processes, accelerator=accelerator)
     return _CURRENT
 
