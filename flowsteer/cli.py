@@ -392,21 +392,13 @@ def _parse_alphas(text: str | None) -> list[float]:
 def cmd_align(args: argparse.Namespace) -> int:
     from .methods.orw import AlignConfig, align, align_sweep
     from .rewards import build_reward
-    from .runs import read_config
+    from .runs import base_config
 
     _require(args, "base", "reward", "out")
     alphas = _parse_alphas(args.alpha)
     out = Path(args.out)
     _check_out_dir(out, args.resume)
-    if str(args.base).startswith("diffusers:"):
-        from .models.adapters import diffusers_run_config
-
-        diffusers_run_config(args.base.split(":", 1)[1], prompt=args.prompt)  # a clear error before any work
-    else:
-        read_config(args.base)  # a clear error before any work if --base is not a run
-        if args.prompt is not None:
-            raise ConfigError("--prompt conditions a text-to-image base (--base diffusers:DIR with an SD3 pipeline); "
-                              "drop it for this base")
+    base_config(args.base, prompt=args.prompt)  # a clear error before any work if --base or --prompt is wrong
     build_reward(args.reward)  # likewise for an unknown or unloadable reward
     config = AlignConfig(
         base=args.base, reward=args.reward, method=args.method, alpha=alphas[0], tau=args.tau,

@@ -290,21 +290,31 @@ def load_run(run_dir: str | Path) -> Run:
     return Run(model=model, config=cfg, path=run_dir, prompt_embeds=prompt)
 
 
+def base_config(spec: str | Path, *, prompt: str | None = None) -> dict[str, Any]:
+    """The config of a base (run folder or ``diffusers:DIR``), checked against ``prompt``, loading no weights."""
+    text = str(spec)
+    if not text.startswith("diffusers:"):
+        cfg = read_config(spec)
+        if prompt is not None:
+            raise ConfigError("--prompt conditions a text-to-image base (--base diffusers:DIR with an SD3 pipeline); "
+                              "drop it for this base")
+        return cfg
+    from .models.adapters import diffusers_run_config
+
+    return diffusers_run_config(text.split(":", 1)[1], prompt=prompt)
+
+
 def load_base(spec: str | Path, *, prompt: str | None = None) -> Run:
     """A run folder, or ``diffusers:DIR`` (a diffusers UNet2DModel / SD3 folder) seen as a run.
 
     An SD3 pipeline needs ``prompt``: it is encoded once by the pipeline's own text encoders, and its
     states condition every sample.  The pipeline's VAE decodes samples to images for the reward.
     """
-    text = str(spec)
-    if not text.startswith("diffusers:"):
-        if prompt is not None:
-            raise ConfigError("--prompt conditions a text-to-image base (--base diffusers:DIR with an SD3 pipeline); "
-                              "drop it for this base")
+    cfg = base_config(spec, prompt=prompt)
+    if not str(spec).startswith("diffusers:"):
         return load_run(spec)
-    from .models.adapters import diffusers_run_config, encode_prompt
+    from .models.adapters import encode_prompt
 
-    cfg = diffusers_run_config(text.split(":", 1)[1], prompt=prompt)
     model = build_model(cfg["model"]).eval()
     embeds = encode_prompt(cfg, prompt, model) if prompt is not None else None
     return Run(model=model, config=cfg, path=None, prompt_embeds=embeds)

@@ -263,15 +263,11 @@ class LaggedPolicy:
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         if self.net is not None:
             self.net.load_state_dict(state)
-        else:
-            load_trainable_state_dict_subset(self.weights, state)
-
-
-def load_trainable_state_dict_subset(target: dict[str, Tensor], state: dict[str, Tensor]) -> None:
-    if set(target) != set(state):
-        raise ValueError("the saved sampling policy does not match the model's adapter tensors")
-    for k, v in state.items():
-        target[k].copy_(v)
+            return
+        if set(self.weights) != set(state):
+            raise ValueError("the saved sampling policy does not match the model's adapter tensors")
+        for k, v in state.items():
+            self.weights[k].copy_(v)
 
 
 class RewardWeightedObjective:

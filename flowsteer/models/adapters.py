@@ -51,19 +51,15 @@ def require(package: str, extra: str) -> Any:
 
 
 def quiet_hugging_face() -> None:
+    import importlib
+
     for name in ("diffusers", "transformers"):
         try:
-            logging = importlib_module(f"{name}.utils.logging")
+            logging = importlib.import_module(f"{name}.utils.logging")
         except ImportError:
             continue
         logging.set_verbosity_error()
         logging.disable_progress_bar()
-
-
-def importlib_module(name: str) -> Any:
-    import importlib
-
-    return importlib.import_module(name)
 
 
 def _timestep(t: Tensor, x: Tensor, convention: str, scale: float) -> tuple[Tensor, float]:
