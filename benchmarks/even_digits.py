@@ -69,7 +69,7 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=0.13)
     ap.add_argument("--workers", type=int, default=2, help="align runs side by side, one torch thread each")
     args = ap.parse_args()
-    from flowsteer.methods.orw import sweep_run_dir, write_sweep_summary
+    from flowsteer.methods.sweep import sweep_run_dir, write_sweep_summary
     from sklearn.datasets import load_digits
     from sklearn.linear_model import LogisticRegression
     from sklearn.neighbors import KNeighborsClassifier

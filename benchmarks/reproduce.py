@@ -142,7 +142,7 @@ def claims_markdown(out: Path, times: dict[str, float] | None) -> str:
     for shift, n in itertools.product(shifts, ("full", "64")):
         g, s = sel(shift, n, "gft", "ot"), sel(shift, n, "sft", "independent")
         ratio = np.mean([r["path_length"] for r in g]) / np.mean([r["path_length"] for r in s])
-        w2g, w2s = [r["w2_nfe4"] for r in g], [r["w2_nfe4"] for r in s]
+        w2g, w2s = [r["w2_to_target_nfe4"] for r in g], [r["w2_to_target_nfe4"] for r in s]
         add(f"| GFT+OT paths ≤ 0.9× SFT+independent, {shift}, {n} targets | ratio {ratio:.3f} (smallest possible for "
             f"a model that reaches the target: {bounds[shift]['best_ratio']:.3f}) | {_verdict(ratio <= 0.9)} | "
             "`python benchmarks/gft_experiment.py` |")
@@ -170,12 +170,12 @@ def claims_markdown(out: Path, times: dict[str, float] | None) -> str:
         if not g or not s:
             continue
         col = lambda rs, k: [r[k] for r in rs if r.get(k) is not None]  # noqa: E731
-        add(f"| {shift} | {n} | {c} | {_ms(col(g, 'w2_nfe4'))} / {_ms(col(s, 'w2_nfe4'))} | "
-            f"{_ms(col(g, 'w2_nfe50'))} / {_ms(col(s, 'w2_nfe50'))} | {_ms(col(g, 'fd_nfe50'))} / "
-            f"{_ms(col(s, 'fd_nfe50'))} | {_ms(col(g, 'path_length'))} / {_ms(col(s, 'path_length'))} | "
-            f"{_ms(col(g, 'w2_nfe50_last3_std'))} / {_ms(col(s, 'w2_nfe50_last3_std'))} | "
-            f"{compare(col(g, 'w2_nfe50'), col(s, 'w2_nfe50'))}; "
-            f"{compare(col(g, 'w2_nfe50_last3_std'), col(s, 'w2_nfe50_last3_std'))} |")
+        add(f"| {shift} | {n} | {c} | {_ms(col(g, 'w2_to_target_nfe4'))} / {_ms(col(s, 'w2_to_target_nfe4'))} | "
+            f"{_ms(col(g, 'w2_to_target_nfe50'))} / {_ms(col(s, 'w2_to_target_nfe50'))} | {_ms(col(g, 'fd_to_target_nfe50'))} / "
+            f"{_ms(col(s, 'fd_to_target_nfe50'))} | {_ms(col(g, 'path_length'))} / {_ms(col(s, 'path_length'))} | "
+            f"{_ms(col(g, 'w2_to_target_nfe50_last3_std'))} / {_ms(col(s, 'w2_to_target_nfe50_last3_std'))} | "
+            f"{compare(col(g, 'w2_to_target_nfe50'), col(s, 'w2_to_target_nfe50'))}; "
+            f"{compare(col(g, 'w2_to_target_nfe50_last3_std'), col(s, 'w2_to_target_nfe50_last3_std'))} |")
     add("")
     add("Path-length bounds (`ideal_path_lengths` in the experiment script): W1(N(0, I), target) is the shortest "
         "mean path any flow that reaches the target can have; the exact independent-coupling flow is what SFT with "

@@ -49,8 +49,9 @@ def main() -> None:
                         "even-digits", "--reference", str(base), "--n", "2000", "--nfe", "50", "--json",
                         str(out / name / "evaluation.json"), "--quiet"], check=True, cwd=ROOT)
         e = json.loads((out / name / "evaluation.json").read_text())
-        results[name] = {"p_even_reward": e["reward"]["mean"], "class_entropy": e["classes"]["entropy"],
-                         "w2_to_base": e["reference"]["w2"], "class_histogram": e["classes"]["histogram"]}
+        results[name] = {"p_even_reward": e["metrics"]["reward_mean"], "class_entropy": e["metrics"]["class_entropy"],
+                         "w2_to_base": e["metrics"]["w2_to_reference"],
+                         "class_histogram": e["metrics"]["class_histogram"]}
     summary = {"results": results, "seconds": time.perf_counter() - start}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     for name, r in results.items():

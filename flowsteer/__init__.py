@@ -1,8 +1,9 @@
 """flowsteer: fine-tune flow-matching generative models.
 
-Public API (see the README for an example)::
+Public API (see the README)::
 
     from flowsteer import PretrainConfig, TrainConfig, pretrain, load_run, load_data
+    from flowsteer import AlignConfig, align, AdaptConfig, adapt, EvaluationConfig, evaluate
 
 Names are imported on first use, so ``flowsteer --help`` does not pay for torch.
 """
@@ -20,8 +21,10 @@ _EXPORTS = {
     "SinkhornCoupling": "couplings", "build_coupling": "couplings",
     "DataSet": "data", "DataSplit": "data", "Normalizer": "data", "load_data": "data",
     "FlowsteerError": "errors",
-    "PretrainConfig": "methods.pretrain", "pretrain": "methods.pretrain",
-    "Run": "runs", "load_run": "runs",
+    "PretrainConfig": "methods.configs", "AlignConfig": "methods.configs", "AdaptConfig": "methods.configs",
+    "pretrain": "methods.pretrain", "align": "methods.orw", "align_sweep": "methods.sweep", "adapt": "methods.gft",
+    "EvaluationConfig": "config", "evaluate": "evaluation", "SampleMetrics": "evaluators",
+    "Run": "runs", "load_run": "runs", "load_base": "bases",
     "SampleResult": "solvers", "integrate": "solvers",
     "TrainConfig": "config", "Trainer": "training",
 }

@@ -17,6 +17,7 @@ second ``flowsteer demo`` only redoes what is missing.  ``--fast`` shrinks every
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -27,7 +28,18 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import ALIGN_DEFAULT_ALPHA
+import torch
+
+from .config import ALIGN_DEFAULT_ALPHA, EvaluationConfig, TrainConfig, adapt_train_defaults, align_train_defaults
+from .evaluation import evaluate, write_evaluation
+from .io import atomic_write_json
+from .methods.configs import AdaptConfig, AlignConfig, PretrainConfig
+from .methods.gft import adapt
+from .methods.orw import align
+from .methods.pretrain import pretrain
+from .methods.sweep import sweep_run_dir, write_sweep_summary
+from .report import write_report
+from .runs import CONFIG_FILE, EVALUATION_FILE, SUMMARY_FILE, WEIGHTS_FILE
 
 
 @dataclass(frozen=True)
@@ -56,81 +68,49 @@ class DemoBudget:
 def _finished(run_dir: Path, steps: int) -> bool:
     """A run folder that completed ``steps`` steps (and so can be reused)."""
     try:
-        cfg = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+        cfg = json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    done = (run_dir / "model.safetensors").is_file() and cfg.get("steps_done") == steps
+    done = (run_dir / WEIGHTS_FILE).is_file() and cfg.get("steps_done") == steps
     return done and (cfg.get("method") == "pretrain" or "final" in cfg)
 
 
-def _job(kind: str, out: str, options: dict[str, Any]) -> tuple[str, float]:
+def _job(out: str, config: Any) -> tuple[str, float]:
     """Run one stage in a worker process (one torch thread); returns (out, seconds)."""
-    import torch
-
     torch.set_num_threads(1)
     start = time.perf_counter()
-    out_dir = Path(out)
-    if kind == "pretrain":
-        from .config import TrainConfig
-        from .methods.pretrain import PretrainConfig, pretrain
-
-        pretrain(PretrainConfig(data=options["data"], train=TrainConfig(steps=options["steps"])), out_dir,
-                 progress="quiet")
-    elif kind == "align":
-        from .config import align_train_defaults
-        from .methods.orw import AlignConfig, align
-
-        train = align_train_defaults()
-        train.steps = options["steps"]
-        align(AlignConfig(base=options["base"], reward="even-digits", method=options["method"],
-                          alpha=options["alpha"], eval_every=options["eval_every"], train=train), out_dir,
-              progress="quiet")
-    elif kind == "adapt":
-        from .config import adapt_train_defaults
-        from .methods.gft import AdaptConfig, adapt
-
-        train = adapt_train_defaults()
-        train.steps = options["steps"]
-        adapt(AdaptConfig(base=options["base"], target="digits:5-9", method=options["method"],
-                          coupling=options["coupling"], eval_every=options["eval_every"], train=train), out_dir,
-              progress="quiet")
-    elif kind == "evaluate":
-        from .evaluation import EvaluationConfig, evaluate, write_evaluation
-
-        result = evaluate(EvaluationConfig(model=out, reward=options.get("reward"), reference=options.get("reference"),
-                                           target=options.get("target"), n=options["n"], nfes=options["nfes"]))
-        write_evaluation(result, out_dir / "evaluation.json")
-    else:  # pragma: no cover - programming error
-        raise ValueError(kind)
+    if isinstance(config, EvaluationConfig):
+        write_evaluation(evaluate(config), Path(out) / EVALUATION_FILE)
+    else:
+        TRAINERS[type(config)](config, Path(out), progress="quiet")
     return out, time.perf_counter() - start
+
+
+TRAINERS: dict[type, Callable[..., Any]] = {PretrainConfig: pretrain, AlignConfig: align, AdaptConfig: adapt}
 
 
 def run_demo(out: Path, *, fast: bool = False, progress: str = "auto", say: Callable[[str], None] = print,
              workers: int | None = None) -> dict[str, Any]:
     """Run the whole demo into ``out``; returns the summary also written to ``out/summary.json``."""
-    from .io import atomic_write_json
-    from .report import write_report
-
     budget = DemoBudget.fast() if fast else DemoBudget.full()
     workers = workers or max(1, min(2, os.cpu_count() or 1))
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    from .methods.orw import sweep_run_dir, write_sweep_summary
-
     sweep = out / "align-even"
     paths = {name: out / name for name in ("pretrain-digits", "pretrain-digits0-4", "adapt-gft", "adapt-sft")}
     paths["align-alpha0"] = sweep_run_dir(sweep, 0.0)
     paths["align-default"] = sweep_run_dir(sweep, ALIGN_DEFAULT_ALPHA)
 
-    def stage(title: str, jobs: list[tuple[str, Path, dict[str, Any], int | None]]) -> None:
+    def stage(title: str, jobs: list[tuple[Path, Any]]) -> None:
         todo = []
-        for kind, run_dir, options, steps in jobs:
+        for run_dir, config in jobs:
+            steps = config.train.steps if hasattr(config, "train") else None
             if steps is not None and _finished(run_dir, steps):
                 say(f"  reusing {run_dir} (finished)")
                 continue
             if steps is not None and run_dir.exists():
                 shutil.rmtree(run_dir)  # an unfinished or differently sized run: start it again
-            todo.append((kind, str(run_dir), options))
+            todo.append((str(run_dir), config))
         if not todo:
             return
         say(f"{title} ({len(todo)} job(s), {min(workers, len(todo))} at a time)")
@@ -143,29 +123,33 @@ def run_demo(out: Path, *, fast: bool = False, progress: str = "auto", say: Call
             say(f"  {run_dir}: {seconds:.0f} s")
 
     b = budget
+
+    def steps(train: TrainConfig, n: int) -> TrainConfig:
+        return dataclasses.replace(train, steps=n)
     stage("[1/5] pretraining on digits and on digits 0-4", [
-        ("pretrain", paths["pretrain-digits"], {"data": "digits", "steps": b.pretrain_steps}, b.pretrain_steps),
-        ("pretrain", paths["pretrain-digits0-4"], {"data": "digits:0-4", "steps": b.pretrain_steps}, b.pretrain_steps),
+        (paths[f"pretrain-{name}"], PretrainConfig(data=data, train=steps(TrainConfig(), b.pretrain_steps)))
+        for name, data in (("digits", "digits"), ("digits0-4", "digits:0-4"))
     ])
     stage(f"[2/5] aligning toward even digits: alpha = 0 and the default alpha = {ALIGN_DEFAULT_ALPHA:g}", [
-        ("align", paths["align-alpha0"], {"base": str(paths["pretrain-digits"]), "method": "orw-w2", "alpha": 0.0,
-                                          "steps": b.align_steps, "eval_every": b.align_eval_every}, b.align_steps),
-        ("align", paths["align-default"], {"base": str(paths["pretrain-digits"]), "method": "orw-w2",
-                                           "alpha": ALIGN_DEFAULT_ALPHA, "steps": b.align_steps,
-                                           "eval_every": b.align_eval_every}, b.align_steps),
+        (paths[name], AlignConfig(base=str(paths["pretrain-digits"]), reward="even-digits", alpha=alpha,
+                                  eval_every=b.align_eval_every, train=steps(align_train_defaults(), b.align_steps)))
+        for name, alpha in (("align-alpha0", 0.0), ("align-default", ALIGN_DEFAULT_ALPHA))
     ])
     stage("[3/5] adapting digits 0-4 to digits 5-9 with GFT and SFT", [
-        ("adapt", paths[f"adapt-{m}"], {"base": str(paths["pretrain-digits0-4"]), "method": m, "coupling": "ot",
-                                        "steps": b.adapt_steps, "eval_every": b.adapt_eval_every}, b.adapt_steps)
+        (paths[f"adapt-{m}"], AdaptConfig(base=str(paths["pretrain-digits0-4"]), target="digits:5-9", method=m,
+                                          coupling="ot", eval_every=b.adapt_eval_every,
+                                          train=steps(adapt_train_defaults(), b.adapt_steps)))
         for m in ("gft", "sft")
     ])
-    ev = {"n": b.eval_samples, "nfes": b.eval_nfes}
+
+    def evaluation_of(name: str, **against: str) -> tuple[Path, EvaluationConfig]:
+        return paths[name], EvaluationConfig(model=str(paths[name]), n=b.eval_samples, nfes=b.eval_nfes, **against)
     stage("[4/5] evaluating every run", [
-        ("evaluate", paths["pretrain-digits"], {**ev, "reward": "even-digits", "target": "digits"}, None),
-        ("evaluate", paths["pretrain-digits0-4"], {**ev, "target": "digits:5-9"}, None),
-        *[("evaluate", paths[k], {**ev, "reward": "even-digits", "reference": str(paths["pretrain-digits"])}, None)
+        evaluation_of("pretrain-digits", reward="even-digits", target="digits"),
+        evaluation_of("pretrain-digits0-4", target="digits:5-9"),
+        *[evaluation_of(k, reward="even-digits", reference=str(paths["pretrain-digits"]))
           for k in ("align-alpha0", "align-default")],
-        *[("evaluate", paths[k], {**ev, "target": "digits:5-9", "reference": str(paths["pretrain-digits0-4"])}, None)
+        *[evaluation_of(k, target="digits:5-9", reference=str(paths["pretrain-digits0-4"]))
           for k in ("adapt-gft", "adapt-sft")],
     ])
     say("[5/5] writing the report")
@@ -174,19 +158,20 @@ def run_demo(out: Path, *, fast: bool = False, progress: str = "auto", say: Call
                           paths["adapt-sft"]], out / "report", title="flowsteer demo: 8x8 digits")
 
     def evaluation(name: str) -> dict[str, Any]:
-        return json.loads((paths[name] / "evaluation.json").read_text(encoding="utf-8"))
+        return json.loads((paths[name] / EVALUATION_FILE).read_text(encoding="utf-8"))
 
     summary: dict[str, Any] = {"fast": fast, "seconds": round(time.perf_counter() - t0, 1), "report": str(index)}
     for name in ("pretrain-digits", "align-alpha0", "align-default"):
         e = evaluation(name)
-        summary[name] = {"p_even": e["reward"]["mean"], "class_entropy": e["classes"]["entropy"],
-                         "top_class_share": e["classes"]["top_fraction"]}
+        m = e["metrics"]
+        summary[name] = {"p_even": m["reward_mean"], "class_entropy": m["class_entropy"],
+                         "top_class_share": m["top_class_share"]}
     for name in ("pretrain-digits0-4", "adapt-gft", "adapt-sft"):
         e = evaluation(name)
-        summary[name] = {"w2_to_digits_5_9": e["target"]["w2"], "frechet_to_digits_5_9": e["target"]["frechet"],
-                         "w2_at_4_nfe": next(r["w2_target"] for r in e["per_nfe"] if r["nfe"] == 4)
-                         if any(r["nfe"] == 4 for r in e["per_nfe"]) else None}
-    atomic_write_json(out / "summary.json", summary)
+        summary[name] = {"w2_to_digits_5_9": e["metrics"]["w2_to_target"],
+                         "frechet_to_digits_5_9": e["metrics"]["fd_to_target"],
+                         "w2_at_4_nfe": next((r["w2_to_target"] for r in e["per_nfe"] if r["nfe"] == 4), None)}
+    atomic_write_json(out / SUMMARY_FILE, summary)
     a0, ad = summary["align-alpha0"], summary["align-default"]
     say(f"alpha = 0:        P(even) {a0['p_even']:.3f}, class entropy {a0['class_entropy']:.3f} nats "
         f"(the top class is {100 * a0['top_class_share']:.0f} % of samples)")

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .solvers import integrate
+
 
 def _flat64(x: Tensor | np.ndarray) -> np.ndarray:
     arr = x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
@@ -83,8 +85,6 @@ def path_metrics(model, x0: Tensor, *, steps: int = 100, cond: dict | None = Non
     Both from an Euler integration with ``steps`` steps (full-vector norms, model units).
     Straightness is 0 exactly for straight constant-speed paths and > 0 otherwise.
     """
-    from .solvers import integrate
-
     res = integrate(model, x0, solver="euler", steps=steps, cond=cond, return_trajectory=True)
     traj = res.trajectory.flatten(2)  # [K + 1, B, D]
     steps_ = traj[1:] - traj[:-1]

@@ -46,6 +46,16 @@ def image_grid(x: Tensor | np.ndarray, *, ncol: int | None = None, pad: int = 1)
     return grid
 
 
+def save_samples(x: Tensor, path: str | Path, *, title: str | None = None) -> None:
+    """Write samples to ``path``: ``.npy`` for the array (data units), ``.png`` for a picture."""
+    if Path(path).suffix == ".npy":
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                np.save(fh, torch.as_tensor(x).detach().cpu().numpy())
+    else:
+        save_samples_png(x, path, title=title)
+
+
 def save_samples_png(x: Tensor, path: str | Path, *, title: str | None = None, reference: Tensor | None = None) -> None:
     """Write samples as an image grid (``[N, C, H, W]``) or a scatter plot (``[N, 2]``)."""
     plt = _plt()
@@ -120,42 +130,45 @@ def save_pareto(points: list[dict], out: str | Path, *, title: str | None = None
     _save(fig, out)
 
 
+NFE_FIGURE_TITLES = {"w2_to_target": "W2 to held-out target", "fd_to_target": "Frechet distance (features)"}
+
+
 def _nfe_keys(record: dict, prefix: str) -> list[tuple[int, str]]:
     keys = [(int(k[len(prefix):]), k) for k in record if k.startswith(prefix) and k[len(prefix):].isdigit()]
     return sorted(keys)
 
 
 def save_metric_vs_step(history: list[dict], out: str | Path, *, title: str | None = None,
-                        metrics: tuple[str, ...] = ("w2", "fd")) -> None:
-    """One panel per metric family (``w2_nfe*``, ``fd_nfe*``): value against training step, one line per NFE."""
+                        metrics: tuple[str, ...] = ("w2_to_target", "fd_to_target")) -> None:
+    """One panel per figure measured per NFE (``w2_to_target_nfe*``, ``fd_to_target_nfe*``): value against
+    training step, one line per NFE."""
     plt = _plt()
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 3.8), dpi=100, squeeze=False)
-    names = {"w2": "W2 to held-out target", "fd": "Frechet distance (features)"}
     for ax, family in zip(axes[0], metrics):
         if history:
             for nfe, key in _nfe_keys(history[-1], f"{family}_nfe"):
                 pts = [(h["step"], h[key]) for h in history if key in h]
                 ax.plot(*zip(*pts), "o-", ms=3, label=f"NFE {nfe}")
             ax.legend(fontsize=8)
-        ax.set_title(names.get(family, family)), ax.set_xlabel("step"), ax.set_yscale("log")
+        ax.set_title(NFE_FIGURE_TITLES.get(family, family)), ax.set_xlabel("step"), ax.set_yscale("log")
     if title:
         fig.suptitle(title)
     _save(fig, out)
 
 
 def save_metric_vs_nfe(finals: dict[str, dict], out: str | Path, *, title: str | None = None,
-                       metrics: tuple[str, ...] = ("w2", "fd")) -> None:
-    """Final ``w2_nfe*`` / ``fd_nfe*`` against the number of Euler steps, one line per run (label -> metrics)."""
+                       metrics: tuple[str, ...] = ("w2_to_target", "fd_to_target")) -> None:
+    """Final ``w2_to_target_nfe*`` / ``fd_to_target_nfe*`` against the number of Euler steps, one line per run
+    (label -> metrics)."""
     plt = _plt()
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 3.8), dpi=100, squeeze=False)
-    names = {"w2": "W2 to held-out target", "fd": "Frechet distance (features)"}
     for ax, family in zip(axes[0], metrics):
         for label, final in finals.items():
             pts = [(nfe, final[key]) for nfe, key in _nfe_keys(final, f"{family}_nfe")]
             if pts:
                 ax.plot(*zip(*pts), "o-", ms=4, label=label)
         ax.set_xscale("log"), ax.set_yscale("log"), ax.set_xlabel("NFE (Euler steps)")
-        ax.set_title(names.get(family, family))
+        ax.set_title(NFE_FIGURE_TITLES.get(family, family))
         if finals:
             ax.legend(fontsize=8)
     if title:

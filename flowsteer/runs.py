@@ -33,104 +33,38 @@ from .data import Normalizer
 from .errors import ConfigError, RunFolderError
 from .io import append_jsonl, atomic_path, atomic_write_json
 from .models import build_model
-from .models.lora import load_trainable_state_dict
+from .models.adapters import build_decoder
+from .models.lora import adapter_tensors, inject_saved_adapter, peft_config
+from .models.weights import load_trainable_state_dict
 from .solvers import SampleResult, integrate
 
 RUN_FORMAT = "flowsteer-run"
 RUN_FORMAT_VERSION = 1
-CONFIG_FILE, WEIGHTS_FILE, STATE_FILE, METRICS_FILE = "config.json", "model.safetensors", "trainer_state.pt", "metrics.jsonl"
+
+# Every file name of a run folder (and of a sweep folder) is spelled here and nowhere else.
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+STATE_FILE = "trainer_state.pt"
+METRICS_FILE = "metrics.jsonl"
+FINAL_METRICS_FILE = "final_metrics.json"
+EVALUATION_FILE = "evaluation.json"
 PROMPT_FILE = "prompt_embeds.safetensors"
+ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+TENSORBOARD_DIR = "tensorboard"
+LATEST_FILE, CHECKPOINT_PREFIX = "latest", "checkpoint-"
+SWEEP_FILE = "sweep.json"
+SUMMARY_FILE = "summary.json"
+REWARD_CURVE_PLOT = "reward_curve.png"
+PARETO_PLOT = "pareto.png"
+METRICS_VS_STEP_PLOT = "metrics_vs_step.png"
+METRICS_VS_NFE_PLOT = "metrics_vs_nfe.png"
 
 
 def save_weights(path: Path, state: dict[str, Tensor]) -> None:
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp))
-
-
-def save_trainer_state(path: Path, state: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-LATEST_FILE, CHECKPOINT_PREFIX = "latest", "checkpoint-"
-
-
-def _checkpoint_step(path: Path) -> int | None:
-    tail = path.name[len(CHECKPOINT_PREFIX):]
-    return int(tail) if path.name.startswith(CHECKPOINT_PREFIX) and tail.isdigit() else None
-
-
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoint folders of a run, oldest first."""
-    found = [p for p in run_dir.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and _checkpoint_step(p) is not None]
-    return sorted(found, key=_checkpoint_step)
-
-
-def save_checkpoint(run_dir: Path, step: int, weights: dict[str, Tensor], state: dict[str, Any], *,
-                    keep_last: int) -> Path:
-    """Write ``run_dir/checkpoint-STEP/`` atomically, point ``latest`` at it, prune to ``keep_last``."""
-    import shutil
-    import tempfile
-
-    from .io import atomic_write_text
-
-    name = f"{CHECKPOINT_PREFIX}{step}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=run_dir))
-    try:
-        save_weights(tmp / WEIGHTS_FILE, weights)
-        save_trainer_state(tmp / STATE_FILE, state)
-        final = run_dir / name
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    atomic_write_text(run_dir / LATEST_FILE, name + "\n")
-    for old in list_checkpoints(run_dir)[:-keep_last]:
-        if old.name != name:
-            shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def resolve_checkpoint(run_dir: Path, which: str = "auto") -> Path | None:
-    """The checkpoint folder to resume from: ``latest`` (``auto``) or a named ``checkpoint-STEP``.
-
-    None when the run has no checkpoint yet.  A ``latest`` naming a missing folder falls back to
-    the newest complete one (a crash between the rename and the pointer update).
-    """
-    if which not in ("auto", "latest"):
-        path = run_dir / which
-        if _checkpoint_step(path) is None or not path.is_dir():
-            names = ", ".join(p.name for p in list_checkpoints(run_dir)) or "none"
-            raise RunFolderError(f"--resume {which!r}: no such checkpoint in {str(run_dir)!r} (found: {names}); "
-                                 "pass --resume alone for the latest")
-        return path
-    pointer = run_dir / LATEST_FILE
-    if pointer.is_file():
-        path = run_dir / pointer.read_text(encoding="utf-8").strip()
-        if path.is_dir() and _checkpoint_step(path) is not None:
-            return path
-    found = list_checkpoints(run_dir)
-    if found:
-        return found[-1]
-    legacy = run_dir / STATE_FILE  # runs written before checkpoint folders kept the state at the root
-    return run_dir if legacy.is_file() else None
-
-
-def load_trainer_state(checkpoint: Path) -> dict[str, Any]:
-    """Read ``trainer_state.pt`` of a checkpoint folder, with a one-line error if it is damaged."""
-    path = checkpoint / STATE_FILE
-    try:
-        state = torch.load(path, weights_only=False)
-        if not isinstance(state, dict) or "step" not in state:
-            raise ValueError("not a trainer state")
-        return state
-    except Exception as exc:
-        raise RunFolderError(
-            f"{path}: cannot read the checkpoint ({type(exc).__name__}); it is damaged - delete {checkpoint.name} "
-            "and resume from an older one (--resume checkpoint-STEP), or start the run again") from None
 
 
 def write_config(run_dir: Path, config: dict[str, Any]) -> None:
@@ -194,8 +128,6 @@ class Run:
         if spec is None:
             return x
         if self._decoder is None:
-            from .models.adapters import build_decoder
-
             self._decoder = build_decoder(spec)
         return self._decoder(x)
 
@@ -238,8 +170,6 @@ class Run:
             steps: solver steps.  seed: seeds the noise and the SDE increments.
             labels: ``[n]`` class labels for class-conditional models.
         """
-        from .errors import ConfigError
-
         solver = solver or self.default_solver()
         if self.sigma > 0 and solver != "euler-maruyama":
             raise ConfigError(
@@ -290,31 +220,22 @@ def load_run(run_dir: str | Path) -> Run:
     return Run(model=model, config=cfg, path=run_dir, prompt_embeds=prompt)
 
 
-def base_config(spec: str | Path, *, prompt: str | None = None) -> dict[str, Any]:
-    """The config of a base (run folder or ``diffusers:DIR``), checked against ``prompt``, loading no weights."""
-    text = str(spec)
-    if not text.startswith("diffusers:"):
-        cfg = read_config(spec)
-        if prompt is not None:
-            raise ConfigError("--prompt conditions a text-to-image base (--base diffusers:DIR with an SD3 pipeline); "
-                              "drop it for this base")
-        return cfg
-    from .models.adapters import diffusers_run_config
+def save_adapter(run_dir: Path, model: nn.Module, spec: dict[str, Any], weights: dict[str, Tensor] | None = None) -> None:
+    """Write the run's LoRA adapter in peft's format: ``adapter_model.safetensors`` + ``adapter_config.json``.
 
-    return diffusers_run_config(text.split(":", 1)[1], prompt=prompt)
-
-
-def load_base(spec: str | Path, *, prompt: str | None = None) -> Run:
-    """A run folder, or ``diffusers:DIR`` (a diffusers UNet2DModel / SD3 folder) seen as a run.
-
-    An SD3 pipeline needs ``prompt``: it is encoded once by the pipeline's own text encoders, and its
-    states condition every sample.  The pipeline's VAE decodes samples to images for the reward.
+    Keys are relative to the library network, so the adapter loads back into the base with
+    :func:`load_adapter` (peft's ``inject_adapter_in_model`` + ``set_peft_model_state_dict``).
+    ``weights``: the adapter tensors to save (default: the model's own).
     """
-    cfg = base_config(spec, prompt=prompt)
-    if not str(spec).startswith("diffusers:"):
-        return load_run(spec)
-    from .models.adapters import encode_prompt
+    save_weights(run_dir / ADAPTER_WEIGHTS_FILE, adapter_tensors(model, weights))
+    atomic_write_json(run_dir / ADAPTER_CONFIG_FILE, peft_config(spec))
 
-    model = build_model(cfg["model"]).eval()
-    embeds = encode_prompt(cfg, prompt, model) if prompt is not None else None
-    return Run(model=model, config=cfg, path=None, prompt_embeds=embeds)
+
+def load_adapter(network: nn.Module, run_dir: str | Path) -> nn.Module:
+    """Load the peft adapter a LoRA run saved into a base library network (in place), as a peft user would."""
+    return inject_saved_adapter(network, run_dir, load_file(str(Path(run_dir) / ADAPTER_WEIGHTS_FILE)))
+
+
+def save_prompt_embeds(run_dir: Path, embeds: dict[str, Tensor]) -> None:
+    """A text-conditioned run's prompt states (``prompt_embeds.safetensors``; config ``condition``)."""
+    save_weights(run_dir / PROMPT_FILE, embeds)

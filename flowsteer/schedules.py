@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .config import SCHEDULES  # noqa: F401 (re-exported)
+from .config import SCHEDULES
 from .errors import ConfigError
 
 
@@ -48,21 +48,7 @@ class TemperatureSchedule:
             raise ConfigError.listing(problems)
 
     def problems(self) -> list[str]:
-        p = []
-        if self.kind not in (*SCHEDULES, "constant"):
-            p.append(f"--schedule must be one of {', '.join(SCHEDULES)} (got {self.kind!r})")
-        if not (self.tau0 >= 0 and math.isfinite(self.tau0)):
-            p.append(f"--tau0 must be a finite number >= 0 (got {self.tau0})")
-        if self.kind != "constant" and not self.tau0 > 0:
-            p.append(f"--tau0 must be > 0 for a {self.kind} schedule (got {self.tau0})")
-        if not 0 <= self.final_fraction < 1:
-            p.append(f"--final-fraction must be in [0, 1) (got {self.final_fraction})")
-        if self.stages < 1:
-            p.append(f"--stages must be >= 1 (got {self.stages})")
-        elif self.kind != "constant" and self.stage_steps < 1:
-            p.append(f"--stages {self.stages} do not fit in {self.total_steps} steps with a final phase of "
-                     f"{self.final_fraction:.0%}; use fewer stages or more --steps")
-        return p
+        return schedule_problems(self.kind, self.tau0, self.stages, self.total_steps, self.final_fraction)
 
     @property
     def final_steps(self) -> int:
@@ -97,3 +83,22 @@ class TemperatureSchedule:
     @property
     def reaches_zero(self) -> bool:
         return self.kind != "constant" or self.tau0 == 0
+
+
+def schedule_problems(kind: str, tau0: float, stages: int, total_steps: int, final_fraction: float) -> list[str]:
+    """Every problem with a schedule's settings, one line each (none: the schedule can be built)."""
+    p = []
+    if kind not in (*SCHEDULES, "constant"):
+        p.append(f"--schedule must be one of {', '.join(SCHEDULES)} (got {kind!r})")
+    if not (tau0 >= 0 and math.isfinite(tau0)):
+        p.append(f"--tau0 must be a finite number >= 0 (got {tau0})")
+    if kind != "constant" and not tau0 > 0:
+        p.append(f"--tau0 must be > 0 for a {kind} schedule (got {tau0})")
+    if not 0 <= final_fraction < 1:
+        p.append(f"--final-fraction must be in [0, 1) (got {final_fraction})")
+    if stages < 1:
+        p.append(f"--stages must be >= 1 (got {stages})")
+    elif kind != "constant" and ((total_steps - int(round(final_fraction * total_steps))) // stages) < 1:
+        p.append(f"--stages {stages} do not fit in {total_steps} steps with a final phase of "
+                 f"{final_fraction:.0%}; use fewer stages or more --steps")
+    return p

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from .config import TrainConfig
 from .distributed import Distributed
 from .errors import ConfigError, Interrupted, TrainingStopped
-from .models.lora import load_trainable_state_dict, trainable_state_dict
+from .models.weights import load_trainable_state_dict, trainable_state_dict
 from .progress import Progress
 
 

@@ -23,10 +23,11 @@ from safetensors.torch import load_file  # noqa: E402
 
 from flowsteer.models import build_model  # noqa: E402
 from flowsteer.models.adapters import SD3Velocity, diffusers_model_spec  # noqa: E402
-from flowsteer.models.lora import (AdapterDisabled, add_lora, adapters_disabled, inner_module, load_adapter,  # noqa: E402
-                                   lora_spec, swapped_weights, trainable_state_dict)
+from flowsteer.models.lora import AdapterDisabled, add_lora, adapters_disabled, inner_module, lora_spec  # noqa: E402
+from flowsteer.models.weights import swapped_weights, trainable_state_dict  # noqa: E402
 from flowsteer.models.tiny import save_tiny_clip, save_tiny_sd3_pipeline, save_tiny_unet2d  # noqa: E402
-from flowsteer.runs import load_base, load_run  # noqa: E402
+from flowsteer.bases import load_base  # noqa: E402
+from flowsteer.runs import load_adapter, load_run  # noqa: E402
 from flowsteer.solvers import integrate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,7 +137,7 @@ def test_disabled_adapter_is_exactly_the_base_and_policy_swaps_restore(tiny):
 
 
 def test_lagged_policy_of_a_lora_model_holds_adapter_tensors_only(tiny):
-    from flowsteer.methods.orw import LaggedPolicy
+    from flowsteer.methods.policy import LaggedPolicy
 
     base = load_base(f"diffusers:{tiny['sd3']}", prompt="a cat")
     add_lora(base.model, lora_spec(base.model, rank=2))
@@ -184,7 +185,7 @@ def test_align_sd3_with_lora_and_clip_through_the_cli(tiny, tmp_path):
             str(tmp_path / "e.json"), "--quiet")
     assert r.returncode == 0, r.stderr
     evaluation = json.loads((tmp_path / "e.json").read_text())
-    assert 0 < evaluation["reward"]["mean"] < 1 and len(evaluation["per_nfe"]) == 2
+    assert 0 < evaluation["metrics"]["reward_mean"] < 1 and len(evaluation["per_nfe"]) == 2
 
 
 def test_unet2d_pretrains_and_aligns_through_the_cli(tiny, tmp_path):

@@ -162,11 +162,11 @@ def test_adapt_cli_bad_inputs(moons_run, tmp_path):
 
     cfg = json.loads((tmp_path / "e" / "config.json").read_text())
     assert cfg["target"]["n_used"] == 20
-    assert {"w2_nfe1", "w2_nfe50", "fd_nfe4", "path_length", "straightness"} <= set(cfg["final"])
+    assert {"w2_to_target_nfe1", "w2_to_target_nfe50", "fd_to_target_nfe4", "path_length", "straightness"} <= set(cfg["final"])
     evals = [json.loads(line) for line in (tmp_path / "e" / "metrics.jsonl").read_text().splitlines()]
-    w2 = [r["w2_nfe50"] for r in evals if r["kind"] == "eval" and r["step"] > 0]
+    w2 = [r["w2_to_target_nfe50"] for r in evals if r["kind"] == "eval" and r["step"] > 0]
     assert len(w2) == 4  # steps 2, 4, 6, 8
-    assert cfg["final"]["w2_nfe50_last3_std"] == pytest.approx(float(np.std(w2[-3:])))
+    assert cfg["final"]["w2_to_target_nfe50_last3_std"] == pytest.approx(float(np.std(w2[-3:])))
     for png in ("metrics_vs_step.png", "metrics_vs_nfe.png"):
         assert (tmp_path / "e" / png).stat().st_size > 5000
 

@@ -247,7 +247,8 @@ def test_orw_policy_is_lagged_by_k_steps(gaussian_base):
 def test_orw_policy_of_a_lora_model_is_lagged_and_leaves_training_untouched(gaussian_base):
     """The LoRA policy lives as adapter tensors: rollouts see the snapshot; the trained tensors are unchanged."""
     pytest.importorskip("peft")
-    from flowsteer.models.lora import add_lora, lora_spec, trainable_state_dict
+    from flowsteer.models.lora import add_lora, lora_spec
+    from flowsteer.models.weights import trainable_state_dict
 
     _, model, obj, cfg, g = make_objective(gaussian_base, lambda x: x[:, 0], refresh_every=3, rollout_steps=2)
     add_lora(model, lora_spec(model, rank=2))

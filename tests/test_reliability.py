@@ -18,7 +18,7 @@ from conftest import ROOT, run_cli
 from test_cli import assert_user_error
 from flowsteer.config import TrainConfig
 from flowsteer.errors import TrainingStopped
-from flowsteer.methods.common import RunWriter
+from flowsteer.checkpoints import RunWriter
 from flowsteer.runs import load_run
 from flowsteer.training import StepOutput, Trainer
 

@@ -1,81 +1,104 @@
-"""What every method shares around the Trainer: the run folder and resuming."""
+"""What every method shares around the one Trainer, written once.
+
+* :func:`run_context`: the process group, this rank's share of the batch and the run's seeded generator;
+* :func:`prepare_model`: the network to train and the frozen reference from a base (full fine-tuning, or
+  LoRA adapters whose disabled view is the reference);
+* :func:`fit`: the Trainer writing a run folder, with resume;
+* :func:`finish_run`: the epilogue (config, final metrics, LoRA adapter, plots) and the returned :class:`Run`.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
+from .. import __version__
+from ..checkpoints import RunWriter, load_trainer_state, resolve_checkpoint
 from ..config import TrainConfig
-from ..progress import Progress
+from ..distributed import Distributed, setup
 from ..errors import ConfigError
-from ..runs import (METRICS_FILE, WEIGHTS_FILE, load_trainer_state, log_metrics, resolve_checkpoint, save_checkpoint,
-                    save_weights, write_config)
-from ..distributed import Distributed
-from ..training import Objective, Trainer
+from ..io import atomic_write_json
+from ..models import build_model
+from ..models.lora import AdapterDisabled, add_lora, lora_spec
+from ..models.weights import load_trainable_state_dict
+from ..progress import Progress
+from ..runs import FINAL_METRICS_FILE, Run, save_adapter, save_prompt_embeds, write_config
+from ..training import Objective, Trainer, seed_everything
 
 
-class RunWriter:
-    """Writes a run folder: a ``checkpoint-STEP/`` folder (and the sampling weights and config at the
-    root) at each checkpoint; metrics as they come."""
+@dataclass
+class RunContext:
+    """What this process trains with.
 
-    def __init__(self, out_dir: Path, run_config: dict[str, Any], *, keep_last: int = 2, tensorboard: bool = False) -> None:
-        self.out_dir, self.run_config, self.keep_last = out_dir, run_config, keep_last
-        out_dir.mkdir(parents=True, exist_ok=True)
-        self.tensorboard = tensorboard
-        self._board: Any = None
+    Attributes:
+        dist: the process group (one process, or accelerate's).
+        train: the run's :class:`TrainConfig` with ``batch_size`` this rank's share of the global batch.
+        generator: the run's seeded generator (rank ``r`` draws from seed ``seed + r``; rank 0's stream is the
+            single-process one).
+    """
 
-    def open_board(self, start_step: int = 0) -> None:
-        """Start the TensorBoard writer; on resume, events after ``start_step`` (from the dead run) are purged."""
-        if not self.tensorboard:
-            return
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise ConfigError("--log tensorboard needs the tensorboard package; install it with pip install "
-                              "'flowsteer[tensorboard]' or drop --log tensorboard") from None
-        self._board = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=start_step or None)
+    dist: Distributed
+    train: TrainConfig
+    generator: torch.Generator
 
-    def close(self) -> None:
-        if self._board is not None:
-            self._board.close()
-            self._board = None
 
-    def checkpoint(self, trainer: Trainer) -> None:
-        weights = trainer.sampling_state_dict()
-        save_checkpoint(self.out_dir, trainer.step, weights, trainer.state_dict(), keep_last=self.keep_last)
-        save_weights(self.out_dir / WEIGHTS_FILE, weights)
-        write_config(self.out_dir, {**self.run_config, "steps_done": trainer.step})
+def run_context(train: TrainConfig, *, desc: str, multi_process: bool = True) -> RunContext:
+    """Seed the run and find this rank's share of the batch (``multi_process=False`` refuses a launcher)."""
+    dist = setup()
+    if dist.enabled and not multi_process:
+        raise ConfigError(f"{desc} runs in one process; multi-process training (accelerate launch) is supported "
+                          "for align and adapt - launch this command without accelerate")
+    local = dataclasses.replace(train, batch_size=dist.local_batch(train.batch_size))
+    generator = seed_everything(train.seed)  # the same on every rank: the same initial weights
+    if dist.enabled:
+        generator = torch.Generator().manual_seed(dist.rank_seed(train.seed))
+    return RunContext(dist=dist, train=local, generator=generator)
 
-    def truncate_metrics(self, step: int) -> None:
-        """Drop records logged after ``step`` (by a run that died after its last checkpoint)."""
-        import json
 
-        from ..io import atomic_write_text
+@dataclass
+class PreparedModel:
+    """The network a fine-tuning run trains and the frozen reference it is measured against.
 
-        path = self.out_dir / METRICS_FILE
-        if not path.is_file():
-            return
-        kept = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:  # a line cut short by the crash
-                continue
-            if record.get("step", 0) <= step:
-                kept.append(line)
-        atomic_write_text(path, "".join(k + "\n" for k in kept))
+    Attributes:
+        model: the trained network (a fresh copy of the base, or the base with LoRA adapters).
+        reference: the base's velocity, frozen (for LoRA: the same network with its adapters disabled).
+        spec: the model spec saved in ``config.json`` (with a ``lora`` entry for LoRA runs).
+    """
 
-    def log(self, record: dict[str, Any]) -> None:
-        log_metrics(self.out_dir, record)
-        if self._board is not None:
-            kind, step = record.get("kind", "train"), int(record.get("step", 0))
-            for key, value in record.items():
-                if key not in ("step", "kind") and isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self._board.add_scalar(f"{kind}/{key}", value, step)
-            self._board.flush()
+    model: nn.Module
+    reference: nn.Module
+    spec: dict[str, Any]
+
+
+def prepare_model(base: Run, *, lora_rank: int = 0, lora_alpha: float | None = None) -> PreparedModel:
+    """Full fine-tuning (a copy of the base's weights, the base as reference) or rank-``lora_rank`` LoRA."""
+    spec = dict(base.config["model"])
+    if lora_rank:
+        if spec.get("lora"):
+            raise ConfigError("--lora-rank: the base already carries a LoRA adapter; fine-tune it without --lora-rank "
+                              "(that trains its adapter further)")
+        model = base.model  # one network: the adapters train, and with them disabled it is the reference
+        spec["lora"] = lora_spec(model, rank=lora_rank, alpha=lora_alpha)
+        add_lora(model, spec["lora"])
+        model.train()
+        return PreparedModel(model=model, reference=AdapterDisabled(model), spec=spec)
+    model = build_model(spec)
+    model.load_state_dict(base.model.state_dict())
+    reference = base.model.eval()
+    for p in reference.parameters():
+        p.requires_grad_(False)
+    return PreparedModel(model=model, reference=reference, spec=spec)
+
+
+def run_header(method: str, spec: dict[str, Any], settings: dict[str, Any], seed: int, **extra: Any) -> dict[str, Any]:
+    """The fields every run's ``config.json`` starts with."""
+    return {"flowsteer_version": __version__, "method": method, "model": spec, "settings": settings, "seed": seed,
+            **extra}
 
 
 def fit(
@@ -88,24 +111,18 @@ def fit(
     run_config: dict[str, Any],
     progress: str,
     desc: str,
-    resume: bool | str = False,
+    resume: bool | str | None = False,
     evaluate: Callable[[Trainer], dict[str, Any]] | None = None,
     eval_every: int = 0,
     dist: Distributed | None = None,
 ) -> Trainer:
     """Run the shared Trainer for one method, writing ``out`` as a run folder (None = in memory).
 
-    ``resume``: False, True / ``"auto"`` (the latest checkpoint) or a checkpoint folder name.
+    ``resume``: False/None, True / ``"auto"`` (the latest checkpoint) or a checkpoint folder name.
     ``dist``: with several processes every rank reads the checkpoint it resumes from, and rank 0 alone
     writes the run folder and shows progress.
     """
-    if dist is None:
-        from ..distributed import world_size_from_env
-
-        if world_size_from_env() > 1:
-            raise ConfigError(f"{desc} runs in one process; multi-process training (accelerate launch) is supported "
-                              "for align - launch this command without accelerate")
-        dist = Distributed()
+    dist = dist or Distributed()
     checkpoint = None
     if resume and out is not None:
         checkpoint = resolve_checkpoint(out, "auto" if resume is True else str(resume)) if out.is_dir() else None
@@ -137,8 +154,36 @@ def fit(
     return trainer
 
 
-def sampling_copy(trainer: Trainer, spec: dict[str, Any], build: Callable[[dict[str, Any]], nn.Module]) -> nn.Module:
-    """A fresh network holding the trainer's sampling weights (EMA if enabled), in eval mode."""
-    model = build(spec)
-    model.load_state_dict(trainer.sampling_state_dict())
-    return model.eval()
+def finish_run(trainer: Trainer, run_config: dict[str, Any], out: Path | None, *, spec: dict[str, Any],
+               final: dict[str, Any] | None = None, dist: Distributed | None = None,
+               plots: Callable[[Path], None] | None = None, prompt_embeds: dict[str, torch.Tensor] | None = None) -> Run:
+    """The epilogue every method shares: ``config.json`` (with ``final``), ``final_metrics.json``, the LoRA
+    adapter in peft's format and the method's plots (rank 0 only); returns the trained run, holding its
+    sampling weights (the EMA when enabled)."""
+    dist = dist or Distributed()
+    if final is not None:
+        run_config["final"] = final
+    config = {**run_config, "steps_done": trainer.step}
+    if out is not None and dist.is_main:
+        write_config(out, config)
+        if final is not None:
+            atomic_write_json(out / FINAL_METRICS_FILE, final)
+        if spec.get("lora"):
+            save_adapter(out, trainer.model, spec["lora"], weights=trainer.sampling_state_dict())
+        if plots is not None:
+            plots(out)
+    if spec.get("lora"):  # the trained network itself, holding its sampling adapter weights
+        load_trainable_state_dict(trainer.model, {k: v.clone() for k, v in trainer.sampling_state_dict().items()})
+        sampler = trainer.model.eval()
+    else:
+        sampler = build_model(spec)
+        sampler.load_state_dict(trainer.sampling_state_dict())
+        sampler.eval()
+    return Run(model=sampler, config=config, path=out, prompt_embeds=prompt_embeds)
+
+
+def start_run_folder(out: Path | None, prompt_embeds: dict[str, torch.Tensor] | None, dist: Distributed) -> None:
+    """Files a run needs before its first checkpoint: a text-conditioned run's prompt states."""
+    if out is not None and prompt_embeds and dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_prompt_embeds(out, prompt_embeds)

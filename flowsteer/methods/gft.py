@@ -17,91 +17,38 @@ scale does not jump between stages.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 
-from .. import __version__
-from ..config import COUPLINGS, TrainConfig, adapt_train_defaults
+from ..bases import base_name, load_base
 from ..couplings import build_coupling
 from ..data import load_data
 from ..errors import ConfigError, DataError
-from ..metrics import frechet_distance, path_metrics, stability, wasserstein2
-from ..models import build_model
+from ..evaluators import AdaptEvaluator, nfe_name
+from ..metrics import stability
 from ..paths import TimeSampler, build_path
-from ..runs import Run, load_run
+from ..plots import save_metric_vs_nfe, save_metric_vs_step
+from ..runs import METRICS_VS_NFE_PLOT, METRICS_VS_STEP_PLOT, Run
 from ..schedules import TemperatureSchedule
-from ..solvers import integrate
-from ..training import StepOutput, Trainer, seed_everything
-from .common import fit, sampling_copy
+from ..training import StepOutput, Trainer
+from .common import finish_run, fit, prepare_model, run_context, run_header, start_run_folder
+from .configs import AdaptConfig
 
-GFT_METHODS = ("gft", "sft")
-EVAL_NFES = (1, 2, 4, 8, 16, 50)
-
-
-@dataclass
-class AdaptConfig:
-    """Settings of a GFT / SFT run (saved in ``config.json``).
-
-    Attributes:
-        base: pretrained run folder (v_pre).  target: data spec of the target samples.
-        method: ``gft`` or ``sft`` (tau = 0 throughout, same budget).
-        schedule, tau0, stages, final_fraction: the temperature schedule (see :mod:`flowsteer.schedules`).
-        divide: divide the loss by ``1 + tau``.
-        coupling: ``independent``, ``ot`` or ``sinkhorn``.
-        sigma: None = the base's sigma (a bridge for sigma > 0); it must match the base's.
-        n_target: use only this many target samples (the limited-data regime); None = all.
-        eval_every, eval_samples, eval_nfes: evaluation during training.
-    """
-
-    base: str = ""
-    target: str = "moons"
-    method: str = "gft"
-    schedule: str = "geometric"
-    tau0: float = 10.0
-    stages: int = 4
-    final_fraction: float = 0.25
-    divide: bool = True
-    coupling: str = "independent"
-    sigma: float | None = None
-    n_target: int | None = None
-    eval_every: int = 500
-    eval_samples: int = 1000
-    eval_nfes: tuple[int, ...] = EVAL_NFES
-    train: TrainConfig = field(default_factory=adapt_train_defaults)
-
-    def temperature(self) -> TemperatureSchedule:
-        if self.method == "sft":
-            return TemperatureSchedule("constant", 0.0, 1, self.train.steps, 0.0)
-        return TemperatureSchedule(self.schedule, self.tau0, self.stages, self.train.steps, self.final_fraction)
-
-    def validate(self) -> list[str]:
-        p = self.train.validate()
-        if self.method not in GFT_METHODS:
-            p.append(f"--method must be gft or sft (got {self.method!r})")
-        if self.coupling not in COUPLINGS:
-            p.append(f"unknown coupling {self.coupling!r}; choose one of {', '.join(COUPLINGS)}")
-        if self.method == "gft" and not self.train.validate():
-            try:
-                self.temperature()
-            except ConfigError as exc:
-                p.append(str(exc))
-        if self.n_target is not None and self.n_target < 1:
-            p.append(f"--n-target must be >= 1 (got {self.n_target})")
-        if any(n < 1 for n in self.eval_nfes):
-            p.append("every evaluation NFE must be >= 1")
-        return p
+__all__ = ["AdaptConfig", "GFTObjective", "adapt"]
 
 
 class GFTObjective:
     """``(||v - u||^2 + tau ||v - v_pre||^2) / (1 + tau)`` on target samples, tau from the schedule."""
 
     def __init__(self, target: Tensor, *, pretrained: nn.Module, schedule: TemperatureSchedule, sigma: float,
-                 coupling: str, batch_size: int, divide: bool = True) -> None:
+                 coupling: str, batch_size: int, divide: bool = True,
+                 condition: Callable[[int], dict[str, Tensor]] | None = None) -> None:
         self.target, self.pretrained, self.schedule = target, pretrained, schedule
+        self.condition = condition
         self.path = build_path(sigma)
         self.coupling = build_coupling(coupling)
         self.time_sampler = TimeSampler("uniform")
@@ -117,61 +64,20 @@ class GFTObjective:
         pairs = self.coupling(x0, x1, generator=generator)
         t = self.time_sampler.sample(self.batch_size, generator=generator)
         s = self.path.sample(pairs.x0, pairs.x1, t, generator=generator)
-        pred = model(s.t, s.x_t)
+        cond = self.condition(self.batch_size) if self.condition is not None else {}
+        pred = model(s.t, s.x_t, **cond)
         loss = ((pred - s.target) ** 2).mean()
         if tau > 0:
             with torch.no_grad():
-                ref = self.pretrained(s.t, s.x_t)
+                ref = self.pretrained(s.t, s.x_t, **cond)
             loss = loss + tau * ((pred - ref) ** 2).mean()
             if self.divide:
                 loss = loss / (1 + tau)
         return StepOutput(loss=loss, metrics={"tau": tau})
 
 
-def target_features(x: Tensor) -> Tensor:
-    """Features for the Frechet distance: raw coordinates for vectors, the digit classifier's logits for 8x8 images."""
-    if tuple(x.shape[1:]) == (1, 8, 8):
-        from ..rewards.classifier import digit_logreg
-
-        w, b = digit_logreg()
-        return x.reshape(x.shape[0], -1).clamp(-1, 1) @ w.T + b
-    return x.reshape(x.shape[0], -1)
-
-
-class AdaptEvaluator:
-    """W2 and Frechet distance to held-out target samples per NFE, path length and straightness."""
-
-    def __init__(self, heldout: Tensor, *, decode, shape, sigma: float, n: int, nfes: tuple[int, ...]) -> None:
-        self.decode, self.sigma, self.nfes = decode, sigma, tuple(nfes)
-        g = torch.Generator().manual_seed(2024)
-        n = min(n, heldout.shape[0])
-        self.heldout = heldout[torch.randperm(heldout.shape[0], generator=g)[:n]]
-        self.x0 = torch.randn((n, *shape), generator=g)
-        self.target_feats = target_features(self.heldout)
-
-    def __call__(self, trainer: Trainer) -> dict[str, Any]:
-        model = trainer.model.eval()
-        out: dict[str, Any] = {}
-        solver = "euler-maruyama" if self.sigma > 0 else "euler"
-        for nfe in self.nfes:
-            x = self.decode(integrate(model, self.x0, solver=solver, steps=nfe, sigma=self.sigma,
-                                      generator=torch.Generator().manual_seed(7)).x)
-            out[f"w2_nfe{nfe}"] = wasserstein2(x, self.heldout)
-            out[f"fd_nfe{nfe}"] = frechet_distance(target_features(x), self.target_feats)
-        if self.sigma == 0:
-            out.update(path_metrics(model, self.x0))
-        return out
-
-
-def adapt(config: AdaptConfig, out: str | Path | None, *, progress: str = "auto", resume: bool = False) -> Run:
-    """Fine-tune ``config.base`` toward the samples of ``config.target`` with GFT (or SFT)."""
-    problems = config.validate()
-    if problems:
-        raise ConfigError.listing(problems)
-    base = load_run(config.base)
-    sigma = base.sigma if config.sigma is None else float(config.sigma)
-    if sigma != base.sigma:
-        raise ConfigError(f"--sigma {sigma} differs from the base's sigma {base.sigma}; GFT blends drifts of one sigma")
+def _target_samples(config: AdaptConfig, base: Run, batch_size: int) -> tuple[Tensor, Tensor]:
+    """The target's training samples (``n_target`` of them, if set) and its held-out split, in data units."""
     data = load_data(config.target, normalize="none")
     if data.train.shape != base.shape:
         raise DataError(f"target {config.target!r} has samples of shape {data.train.shape}, but the base model makes "
@@ -181,43 +87,56 @@ def adapt(config: AdaptConfig, out: str | Path | None, *, progress: str = "auto"
         if config.n_target > len(target):
             raise DataError(f"--n-target {config.n_target} exceeds the {len(target)} target samples available")
         target = target[torch.randperm(len(target), generator=torch.Generator().manual_seed(0))[: config.n_target]]
-    elif len(target) < config.train.batch_size:
-        raise DataError(f"the target has {len(target)} samples, fewer than --batch-size {config.train.batch_size}; "
+    elif len(target) < batch_size:
+        raise DataError(f"the target has {len(target)} samples, fewer than --batch-size {batch_size}; "
                         "pass --n-target to use a small target set on purpose, or lower --batch-size")
-    schedule = config.temperature()
-    generator = seed_everything(config.train.seed)
-    spec = base.config["model"]
-    model = build_model(spec)
-    model.load_state_dict(base.model.state_dict())
-    objective = GFTObjective(base.normalizer.encode(target), pretrained=base.model.eval(), schedule=schedule,
-                             sigma=sigma, coupling=config.coupling, batch_size=config.train.batch_size,
-                             divide=config.divide)
-    evaluator = AdaptEvaluator(data.heldout.x, decode=base.normalizer.decode, shape=base.shape, sigma=sigma,
-                               n=config.eval_samples, nfes=config.eval_nfes)
-    run_config = {
-        "flowsteer_version": __version__, "method": "adapt", "adapt_method": config.method,
-        "base": str(Path(config.base).resolve()), "model": spec, "data": base.config["data"],
-        "target": {"spec": config.target, "n_used": int(len(target))}, "path": build_path(sigma).to_config(),
-        "settings": {**asdict(config), "eval_nfes": list(config.eval_nfes)}, "seed": config.train.seed,
-        "schedule_taus": schedule.stage_taus() if config.method == "gft" else [0.0],
-    }
-    out_dir = Path(out) if out is not None else None
-    trainer = fit(model, objective, config.train, generator=generator, out=out_dir, run_config=run_config,
-                  progress=progress, desc=f"adapt:{config.method}", resume=resume, evaluate=evaluator,
-                  eval_every=config.eval_every)
-    quality_key = f"w2_nfe{max(config.eval_nfes)}"
-    run_config["final"] = {**trainer.last_eval, **stability(trainer.eval_history, quality_key), "steps": trainer.step}
-    if out_dir is not None:
-        from ..io import atomic_write_json
-        from ..plots import save_metric_vs_nfe, save_metric_vs_step
-        from ..runs import write_config
+    return target, data.heldout.x
 
-        write_config(out_dir, {**run_config, "steps_done": trainer.step})
-        atomic_write_json(out_dir / "final_metrics.json", run_config["final"])
-        label = f"{config.method} / {config.coupling}"
-        save_metric_vs_step(trainer.eval_history, out_dir / "metrics_vs_step.png", title=label)
+
+def adapt(config: AdaptConfig, out: str | Path | None, *, progress: str = "auto", resume: bool | str | None = False,
+          evaluate: Callable[[Trainer], dict[str, Any]] | None = None) -> Run:
+    """Fine-tune ``config.base`` toward the samples of ``config.target`` with GFT (or SFT).
+
+    ``evaluate``: the evaluation callback (default: :class:`~flowsteer.evaluators.AdaptEvaluator`).
+    """
+    problems = config.validate()
+    if problems:
+        raise ConfigError.listing(problems)
+    base = load_base(config.base, prompt=config.prompt)
+    sigma = base.sigma if config.sigma is None else float(config.sigma)
+    if sigma != base.sigma:
+        raise ConfigError(f"--sigma {sigma} differs from the base's sigma {base.sigma}; GFT blends drifts of one sigma")
+    target, heldout = _target_samples(config, base, config.train.batch_size)
+    schedule = config.temperature()
+    ctx = run_context(config.train, desc="adapt")
+    prepared = prepare_model(base, lora_rank=config.lora_rank, lora_alpha=config.lora_alpha)
+    condition = base.condition if base.prompt_embeds else None
+    objective = GFTObjective(base.normalizer.encode(target), pretrained=prepared.reference, schedule=schedule,
+                             sigma=sigma, coupling=config.coupling, batch_size=ctx.train.batch_size,
+                             divide=config.divide, condition=condition)
+    if evaluate is None:
+        evaluate = AdaptEvaluator(heldout, decode=base.decode, shape=base.shape, sigma=sigma, n=config.eval_samples,
+                                  nfes=config.eval_nfes, condition=condition)
+    run_config = run_header(
+        "adapt", prepared.spec, {**asdict(config), "eval_nfes": list(config.eval_nfes)}, config.train.seed,
+        adapt_method=config.method, base=base_name(config.base), data=base.config["data"],
+        target={"spec": config.target, "n_used": int(len(target))}, path=build_path(sigma).to_config(),
+        schedule_taus=schedule.stage_taus() if config.method == "gft" else [0.0])
+    if "condition" in base.config:
+        run_config["condition"] = base.config["condition"]
+    out_dir = Path(out) if out is not None else None
+    start_run_folder(out_dir, base.prompt_embeds, ctx.dist)
+    trainer = fit(prepared.model, objective, config.train, generator=ctx.generator, out=out_dir,
+                  run_config=run_config, progress=progress, desc=f"adapt:{config.method}", resume=resume,
+                  evaluate=evaluate, eval_every=config.eval_every, dist=ctx.dist)
+    quality = nfe_name("w2_to_target", max(config.eval_nfes))
+    final = {**trainer.last_eval, **stability(trainer.eval_history, quality), "steps": trainer.step}
+    label = f"{config.method} / {config.coupling}"
+
+    def plots(folder: Path) -> None:
+        save_metric_vs_step(trainer.eval_history, folder / METRICS_VS_STEP_PLOT, title=label)
         first = trainer.eval_history[0] if trainer.eval_history and trainer.eval_history[0]["step"] == 0 else None
         save_metric_vs_nfe({**({"base (step 0)": first} if first else {}), label: trainer.last_eval},
-                           out_dir / "metrics_vs_nfe.png", title=label)
-    return Run(model=sampling_copy(trainer, spec, build_model), config={**run_config, "steps_done": trainer.step},
-               path=out_dir)
+                           folder / METRICS_VS_NFE_PLOT, title=label)
+    return finish_run(trainer, run_config, out_dir, spec=prepared.spec, final=final, dist=ctx.dist,
+                      prompt_embeds=base.prompt_embeds, plots=plots)

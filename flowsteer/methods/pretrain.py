@@ -11,53 +11,23 @@ coupling's indices, so a class-conditional model sees each sample's own label.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .. import __version__
 from ..couplings import Coupling, build_coupling
 from ..data import DataSplit, load_data
 from ..errors import ConfigError
 from ..models import build_model, default_model_spec
 from ..paths import ProbabilityPath, TimeSampler, build_path
-from ..config import TrainConfig
 from ..runs import Run
-from ..training import StepOutput, seed_everything
-from .common import fit, sampling_copy
+from ..training import StepOutput
+from .common import finish_run, fit, run_context, run_header
+from .configs import PretrainConfig
 
-
-@dataclass
-class PretrainConfig:
-    """Settings of a pretraining run (all saved in ``config.json``).
-
-    Attributes:
-        data: data spec (see :func:`flowsteer.data.load_data`).
-        model: ``auto`` (MLP), ``mlp`` or ``unet``.
-        width: override the hidden width (MLP) or base channels (UNet).
-        sigma: 0 = linear path / ODE; > 0 = Brownian bridge / SDE.
-        coupling: ``independent``, ``ot`` or ``sinkhorn``.
-        time_sampler: ``uniform`` or ``logit-normal``.
-        conditional: train a class-conditional model (needs labels).
-        label_dropout: share of labels replaced by the null class while
-            training a conditional model (so it also samples unconditionally).
-        normalize: ``auto``, ``standardize`` or ``none``.
-        train: the shared :class:`TrainConfig`.
-    """
-
-    data: str = "moons"
-    model: str = "auto"
-    width: int | None = None
-    sigma: float = 0.0
-    coupling: str = "independent"
-    time_sampler: str = "uniform"
-    conditional: bool = False
-    label_dropout: float = 0.1
-    normalize: str = "auto"
-    train: TrainConfig = field(default_factory=TrainConfig)
+__all__ = ["CFMObjective", "PretrainConfig", "pretrain"]
 
 
 class CFMObjective:
@@ -108,23 +78,15 @@ class CFMObjective:
         return StepOutput(loss=((pred - sample.target) ** 2).mean())
 
 
-def validate(config: PretrainConfig, data: DataSplit) -> None:
-    problems = config.train.validate()
-    if config.sigma < 0:
-        problems.append(f"--sigma must be >= 0 (got {config.sigma})")
+def data_problems(config: PretrainConfig, data: DataSplit) -> list[str]:
+    """Problems of the settings with this data set (labels for ``conditional``, enough samples for a batch)."""
+    p = []
     if config.conditional and data.train.labels is None:
-        problems.append(f"--conditional needs labelled data, but {config.data!r} has no labels")
-    if not 0 <= config.label_dropout < 1:
-        problems.append(f"--label-dropout must be in [0, 1) (got {config.label_dropout})")
-    if config.coupling != "independent" and config.conditional:
-        pass  # labels follow the coupling's indices
-    if config.width is not None and config.width < 1:
-        problems.append(f"--width must be >= 1 (got {config.width})")
+        p.append(f"--conditional needs labelled data, but {config.data!r} has no labels")
     if isinstance(config.train.batch_size, int) and config.train.batch_size > len(data.train):
-        problems.append(f"--batch-size {config.train.batch_size} is larger than the {len(data.train)} training samples; "
-                        "lower --batch-size")
-    if problems:
-        raise ConfigError.listing(problems)
+        p.append(f"--batch-size {config.train.batch_size} is larger than the {len(data.train)} training samples; "
+                 "lower --batch-size")
+    return p
 
 
 def pretrain(
@@ -132,7 +94,7 @@ def pretrain(
     out: str | Path | None,
     *,
     progress: str = "auto",
-    resume: bool = False,
+    resume: bool | str | None = False,
 ) -> Run:
     """Pretrain a flow model with conditional flow matching.
 
@@ -140,16 +102,16 @@ def pretrain(
         config: :class:`PretrainConfig`.
         out: run folder to write (None = train in memory only).
         progress: ``auto``, ``bar``, ``log`` or ``quiet``.
-        resume: continue from ``out/trainer_state.pt`` if it exists.
+        resume: continue from the latest checkpoint in ``out`` (or the ``checkpoint-STEP`` named).
 
     Returns:
         the trained :class:`~flowsteer.runs.Run` (EMA weights, eval mode).
     """
+    problems = config.validate()
     data = load_data(config.data, normalize=config.normalize)
-    validate(config, data)
-    path = build_path(config.sigma)
-    coupling = build_coupling(config.coupling)
-    time_sampler = TimeSampler(config.time_sampler)
+    problems += data_problems(config, data)
+    if problems:
+        raise ConfigError.listing(problems)
     num_classes = data.train.num_classes if config.conditional else 0
     spec = default_model_spec(config.model, data.train.shape, num_classes=num_classes)
     if config.width is not None:
@@ -157,27 +119,19 @@ def pretrain(
             raise ConfigError(f"--width sizes the built-in networks; drop it with --model {config.model} (its size "
                               "comes from its own config)")
         spec["hidden" if spec["kind"] == "mlp" else "base_channels"] = int(config.width)
-
-    generator = seed_everything(config.train.seed)
+    ctx = run_context(config.train, desc="pretrain", multi_process=False)
+    path = build_path(config.sigma)
     model = build_model(spec)
     objective = CFMObjective(
-        data.normalizer.encode(data.train.x), path=path, coupling=coupling, time_sampler=time_sampler,
-        batch_size=config.train.batch_size, labels=data.train.labels, conditional=config.conditional,
-        label_dropout=config.label_dropout, num_classes=num_classes,
+        data.normalizer.encode(data.train.x), path=path, coupling=build_coupling(config.coupling),
+        time_sampler=TimeSampler(config.time_sampler), batch_size=ctx.train.batch_size, labels=data.train.labels,
+        conditional=config.conditional, label_dropout=config.label_dropout, num_classes=num_classes,
     )
-    run_config: dict[str, Any] = {
-        "flowsteer_version": __version__,
-        "method": "pretrain",
-        "model": spec,
-        "data": {"spec": config.data, "shape": list(data.train.shape), "num_classes": data.train.num_classes,
-                 "n_train": len(data.train), "n_heldout": len(data.heldout), "normalizer": data.normalizer.to_config()},
-        "path": path.to_config(),
-        "settings": asdict(config),
-        "seed": config.train.seed,
-    }
-    trainer = fit(
-        model, objective, config.train, generator=generator, out=Path(out) if out is not None else None,
-        run_config=run_config, progress=progress, desc="pretrain", resume=resume,
-    )
-    return Run(model=sampling_copy(trainer, spec, build_model), config={**run_config, "steps_done": trainer.step},
-               path=Path(out) if out is not None else None)
+    data_config = {"spec": config.data, "shape": list(data.train.shape), "num_classes": data.train.num_classes,
+                   "n_train": len(data.train), "n_heldout": len(data.heldout), "normalizer": data.normalizer.to_config()}
+    run_config = run_header("pretrain", spec, asdict(config), config.train.seed, data=data_config,
+                            path=path.to_config())
+    out_dir = Path(out) if out is not None else None
+    trainer = fit(model, objective, config.train, generator=ctx.generator, out=out_dir, run_config=run_config,
+                  progress=progress, desc="pretrain", resume=resume, dist=ctx.dist)
+    return finish_run(trainer, run_config, out_dir, spec=spec, dist=ctx.dist)

@@ -15,13 +15,15 @@ layers are injected (peft) and only they train (see :mod:`flowsteer.models.lora`
 
 from __future__ import annotations
 
-from ..config import MODEL_KINDS  # noqa: F401 (re-exported)
-
+import importlib
 from typing import Any
 
 from torch import nn
 
+from ..config import MODEL_KINDS
 from ..errors import ConfigError
+from .adapters import build_diffusers_model, diffusers_model_spec
+from .lora import add_lora
 from .mlp import MLPVelocity
 from .protocol import VelocityModel, XTModel
 from .unet import UNetVelocity
@@ -38,8 +40,6 @@ def default_model_spec(kind: str, shape: tuple[int, ...], *, num_classes: int = 
     """
     shape = tuple(int(s) for s in shape)
     if kind.startswith("diffusers:"):
-        from .adapters import diffusers_model_spec
-
         spec = diffusers_model_spec(kind.split(":", 1)[1])
         if tuple(spec["shape"]) != shape:
             raise ConfigError(f"--model {kind}: the network takes samples of shape {tuple(spec['shape'])} but the data "
@@ -72,8 +72,6 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
     lora = spec.pop("lora", None)
     model = _build_network(spec)
     if lora:
-        from .lora import add_lora
-
         add_lora(model, lora)
     return model
 
@@ -88,8 +86,6 @@ def _build_network(spec: dict[str, Any]) -> nn.Module:
         spec["channel_mult"] = tuple(spec["channel_mult"])
         return UNetVelocity(**spec)
     if kind in ("diffusers-unet2d", "diffusers-sd3"):
-        from .adapters import build_diffusers_model
-
         return build_diffusers_model({"kind": kind, **spec})
     if kind == "module":
         return _build_module(spec)
@@ -99,8 +95,6 @@ def _build_network(spec: dict[str, Any]) -> nn.Module:
 
 def _build_module(spec: dict[str, Any]) -> nn.Module:
     """A user network named ``pkg.mod:Class``, called ``net(t, x, **cond)`` (torchcfm's order) or ``net(x, t)``."""
-    import importlib
-
     target = str(spec.get("target", ""))
     module_name, _, class_name = target.partition(":")
     try:

@@ -23,6 +23,7 @@ The diffusers classes are imported lazily: the core never needs the ``diffusers`
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -30,36 +31,9 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..extras import require
 
 CONVENTIONS = ("flowsteer", "rectified-flow")
-
-
-def require(package: str, extra: str) -> Any:
-    """Import ``package`` or fail with one line naming the extra to install.
-
-    The Hugging Face libraries' own progress bars and advisory warnings are turned off: flowsteer reports
-    progress itself, and a user's real errors still raise.
-    """
-    import importlib
-
-    try:
-        module = importlib.import_module(package)
-    except ImportError:
-        raise ConfigError(f"this needs the {package} package; install it with pip install 'flowsteer[{extra}]'") from None
-    quiet_hugging_face()
-    return module
-
-
-def quiet_hugging_face() -> None:
-    import importlib
-
-    for name in ("diffusers", "transformers"):
-        try:
-            logging = importlib.import_module(f"{name}.utils.logging")
-        except ImportError:
-            continue
-        logging.set_verbosity_error()
-        logging.disable_progress_bar()
 
 
 def _timestep(t: Tensor, x: Tensor, convention: str, scale: float) -> tuple[Tensor, float]:
@@ -116,8 +90,6 @@ class SD3Velocity(nn.Module):
 
 def diffusers_folder_kind(path: str | Path) -> tuple[str, str | None]:
     """``(kind, subfolder)`` of a diffusers folder: a pipeline (``model_index.json``) or a bare model."""
-    import json
-
     path = Path(path)
     if not path.is_dir():
         raise ConfigError(f"diffusers:{path}: no such folder; pass a folder written by save_pretrained")
@@ -158,8 +130,6 @@ def build_diffusers_model(spec: dict[str, Any]) -> nn.Module:
 
 def diffusers_model_spec(path: str | Path, *, convention: str = "flowsteer") -> dict[str, Any]:
     """The model spec (``config.json``'s ``model``) of a diffusers folder, pointing at its weights."""
-    import json
-
     path = Path(path).resolve()
     kind, sub = diffusers_folder_kind(path)
     config = json.loads(((path / sub) if sub else path).joinpath("config.json").read_text(encoding="utf-8"))
@@ -176,28 +146,6 @@ def diffusers_model_spec(path: str | Path, *, convention: str = "flowsteer") -> 
             "shape": [config.get("in_channels", 16), size, size], "time_scale": 1000.0}
 
 
-def diffusers_run_config(path: str | Path, *, prompt: str | None = None) -> dict[str, Any]:
-    """A run ``config.json`` for a diffusers folder used as a base (``--base diffusers:DIR``)."""
-    from .. import __version__
-    from ..runs import RUN_FORMAT, RUN_FORMAT_VERSION
-
-    spec = diffusers_model_spec(path)
-    root = Path(spec["pretrained"])
-    data: dict[str, Any] = {"spec": f"diffusers:{root}", "shape": spec["shape"], "num_classes": spec["num_classes"],
-                            "normalizer": {"mean": [0.0], "std": [1.0]}}
-    cfg: dict[str, Any] = {"format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION, "flowsteer_version": __version__,
-                           "method": "diffusers", "model": spec, "data": data, "path": {"sigma": 0.0}}
-    if spec["kind"] == "diffusers-sd3":
-        if prompt is None:
-            raise ConfigError(f"diffusers:{root} is a text-to-image model; pass --prompt TEXT")
-        if (root / "vae").is_dir():
-            data["decoder"] = {"kind": "vae", "pretrained": str(root), "subfolder": "vae"}
-        cfg["condition"] = {"kind": "prompt", "prompt": prompt}
-    elif prompt is not None:
-        raise ConfigError(f"diffusers:{root} is not text-conditioned; drop --prompt")
-    return cfg
-
-
 def encode_prompt(cfg: dict[str, Any], prompt: str, model: nn.Module) -> dict[str, Tensor]:
     """``{"encoder_hidden_states": [1, L, D], "pooled_projections": [1, P]}`` from the SD3 pipeline's encoders.
 
@@ -209,8 +157,6 @@ def encode_prompt(cfg: dict[str, Any], prompt: str, model: nn.Module) -> dict[st
     if not (Path(root) / "model_index.json").is_file():
         raise ConfigError(f"diffusers:{root} is a bare transformer; --prompt needs the pipeline folder (with its text "
                           "encoders) to encode the prompt")
-    import json
-
     index = json.loads((Path(root) / "model_index.json").read_text(encoding="utf-8"))
     absent = {k: None for k in ("text_encoder_3", "tokenizer_3") if not (index.get(k) or [None])[0]}
     pipe = diffusers.StableDiffusion3Pipeline.from_pretrained(root, transformer=model.transformer, vae=None, **absent)

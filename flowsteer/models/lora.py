@@ -18,10 +18,8 @@ from typing import Any, Iterator
 
 from torch import Tensor, nn
 
-from .adapters import require
-
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
+from ..extras import require
+from .weights import trainable_state_dict
 
 # diffusers' own LoRA scripts target these projections
 SD3_TARGETS = ["attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
@@ -74,10 +72,6 @@ def tuner_layers(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
 
 
-def has_lora(model: nn.Module) -> bool:
-    return any(".lora_" in name for name, _ in model.named_parameters())
-
-
 @contextlib.contextmanager
 def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
     """Run ``model`` as its base: every LoRA layer bypassed, then restored (requires_grad included)."""
@@ -108,83 +102,35 @@ class AdapterDisabled(nn.Module):
             return model(t, x, **cond)
 
 
-def trainable_state_dict(model: nn.Module, *, keep_vars: bool = False) -> dict[str, Tensor]:
-    """What a run saves and averages: the adapter tensors of a LoRA model, else the whole state dict."""
-    state = model.state_dict(keep_vars=keep_vars)
-    if not has_lora(model):
-        return state
-    return {k: v for k, v in state.items() if ".lora_" in k}
+def adapter_tensors(model: nn.Module, weights: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+    """The adapter tensors keyed as peft saves them, relative to the library network.
 
-
-def load_trainable_state_dict(model: nn.Module, state: dict[str, Tensor]) -> None:
-    """Load :func:`trainable_state_dict` output: strict for full models; for LoRA, exactly the adapter keys."""
-    if not has_lora(model):
-        model.load_state_dict(state, strict=True)
-        return
-    expected = set(trainable_state_dict(model))
-    if set(state) != expected:
-        missing, extra = sorted(expected - set(state))[:3], sorted(set(state) - expected)[:3]
-        raise ValueError(f"adapter weights do not match the model (missing {missing}, unexpected {extra})")
-    model.load_state_dict(state, strict=False)
-
-
-def save_adapter(model: nn.Module, folder: str | Path, spec: dict[str, Any], weights: dict[str, Tensor] | None = None) -> None:
-    """Write ``adapter_model.safetensors`` and ``adapter_config.json`` in peft's format.
-
-    Keys are relative to the library network (``transformer_blocks.0.attn.to_q.lora_A.weight``), so the
-    adapter loads back into the base with ``peft.inject_adapter_in_model`` + ``set_peft_model_state_dict``
-    (see :func:`load_adapter`).  ``weights``: the adapter tensors to save (default: the model's own).
+    ``transformer.transformer_blocks.0.attn.to_q.lora_A.default.weight`` (flowsteer's wrapper, peft's adapter
+    name) becomes ``transformer_blocks.0.attn.to_q.lora_A.weight``.  ``weights``: the tensors to convert
+    (default: the model's own adapter tensors, e.g. an EMA copy instead).
     """
-    from safetensors.torch import save_file
-
-    from ..io import atomic_write_json
-
-    peft = require("peft", "diffusers")
     inner = inner_module(model)
     prefix = next((n + "." for n, m in model.named_children() if m is inner), "")
     if weights is None:
         weights = trainable_state_dict(model)
-    state = {k[len(prefix):].replace(".default.", "."): v.detach().contiguous() for k, v in weights.items()}
-    folder = Path(folder)
-    tmp = folder / (ADAPTER_WEIGHTS + ".tmp")
-    save_file(state, str(tmp))
-    tmp.replace(folder / ADAPTER_WEIGHTS)
-    config = peft.LoraConfig(r=spec["r"], lora_alpha=spec["lora_alpha"], target_modules=spec["target_modules"])
-    config_dict = json.loads(json.dumps(config.to_dict(), default=lambda o: sorted(o) if isinstance(o, set) else str(o)))
-    atomic_write_json(folder / ADAPTER_CONFIG, config_dict)
+    return {k[len(prefix):].replace(".default.", "."): v.detach().contiguous() for k, v in weights.items()}
 
 
-def load_adapter(network: nn.Module, folder: str | Path) -> nn.Module:
-    """Load a saved adapter into a base library network (in place), the way a user of peft would."""
-    from safetensors.torch import load_file
-
+def peft_config(spec: dict[str, Any]) -> dict[str, Any]:
+    """peft's ``adapter_config.json`` contents for a ``lora`` spec (JSON-ready)."""
     peft = require("peft", "diffusers")
-    config = peft.LoraConfig.from_pretrained(str(folder))
+    config = peft.LoraConfig(r=spec["r"], lora_alpha=spec["lora_alpha"], target_modules=spec["target_modules"])
+    return json.loads(json.dumps(config.to_dict(), default=lambda o: sorted(o) if isinstance(o, set) else str(o)))
+
+
+def inject_saved_adapter(network: nn.Module, config_folder: str | Path, tensors: dict[str, Tensor]) -> nn.Module:
+    """Load a peft adapter (its config folder and tensors) into a base library network in place, as a peft
+    user would: ``inject_adapter_in_model`` + ``set_peft_model_state_dict``."""
+    peft = require("peft", "diffusers")
+    config = peft.LoraConfig.from_pretrained(str(config_folder))
     peft.inject_adapter_in_model(config, network)
-    result = peft.set_peft_model_state_dict(network, load_file(str(Path(folder) / ADAPTER_WEIGHTS)))
+    result = peft.set_peft_model_state_dict(network, tensors)
     unexpected = getattr(result, "unexpected_keys", [])
     if unexpected:
         raise KeyError(f"adapter keys not in the network: {unexpected[:3]}")
     return network
-
-
-@contextlib.contextmanager
-def swapped_weights(model: nn.Module, weights: dict[str, Tensor]) -> Iterator[nn.Module]:
-    """Run ``model`` with ``weights`` (a subset of its state dict) copied in; the live values come back after.
-
-    Used to sample with an EMA or a lagged policy that lives as a few tensors (a LoRA adapter) instead
-    of as a second copy of the network.  The restore is an exact copy, so training is unaffected.
-    """
-    import torch
-
-    live = model.state_dict(keep_vars=True)
-    saved = {k: live[k].detach().clone() for k in weights}
-    with torch.no_grad():
-        for k, v in weights.items():
-            live[k].copy_(v)
-    try:
-        yield model
-    finally:
-        with torch.no_grad():
-            for k, v in saved.items():
-                live[k].copy_(v)

@@ -13,21 +13,24 @@ import torch
 from torch import Tensor
 
 from ..errors import RunFolderError
-from ..runs import CONFIG_FILE, Run, load_run, read_config
+from ..runs import (CONFIG_FILE, EVALUATION_FILE, FINAL_METRICS_FILE, METRICS_FILE, SWEEP_FILE, Run, load_run,
+                    read_config)
 
 N_IMAGES, N_POINTS = 64, 1000
 
 # Columns of the final-metrics table, in order; a column is shown when some run has it.
 TRAINING_COLUMNS = (
     ("reward_mean", "reward"), ("class_entropy", "class entropy"), ("pairwise_distance", "pairwise dist."),
-    ("w2_to_reference", "W2 to base"), ("final_alpha", "alpha (final)"), ("w2_nfe1", "W2@1"), ("w2_nfe4", "W2@4"),
-    ("w2_nfe50", "W2@50"), ("fd_nfe4", "FD@4"), ("fd_nfe50", "FD@50"), ("path_length", "path length"),
-    ("straightness", "straightness"), ("w2_nfe50_last3_std", "W2@50 std (last 3)"), ("steps", "steps"),
+    ("w2_to_reference", "W2 to base"), ("final_alpha", "alpha (final)"), ("w2_to_target_nfe1", "W2@1"),
+    ("w2_to_target_nfe4", "W2@4"), ("w2_to_target_nfe50", "W2@50"), ("fd_to_target_nfe4", "FD@4"),
+    ("fd_to_target_nfe50", "FD@50"), ("path_length", "path length"), ("straightness", "straightness"),
+    ("w2_to_target_nfe50_last3_std", "W2@50 std (last 3)"), ("steps", "steps"),
 )
 EVALUATION_COLUMNS = (
-    ("reward.mean", "reward"), ("classes.entropy", "class entropy"), ("classes.top_fraction", "top-class share"),
-    ("diversity.pairwise_distance", "pairwise dist."), ("reference.w2", "W2 to reference"), ("target.w2", "W2 to target"),
-    ("target.frechet", "FD to target"), ("paths.path_length", "path length"), ("n", "samples"),
+    ("metrics.reward_mean", "reward"), ("metrics.class_entropy", "class entropy"),
+    ("metrics.top_class_share", "top-class share"), ("metrics.pairwise_distance", "pairwise dist."),
+    ("metrics.w2_to_reference", "W2 to reference"), ("metrics.w2_to_target", "W2 to target"),
+    ("metrics.fd_to_target", "FD to target"), ("metrics.path_length", "path length"), ("n", "samples"),
 )
 
 
@@ -80,8 +83,8 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 def _load(path: Path, label: str) -> ReportRun:
     config = read_config(path)
-    final = _read_json(path / "final_metrics.json") or config.get("final") or {}
-    return ReportRun(path=path, label=label, config=config, final=final, evaluation=_read_json(path / "evaluation.json"))
+    final = _read_json(path / FINAL_METRICS_FILE) or config.get("final") or {}
+    return ReportRun(path=path, label=label, config=config, final=final, evaluation=_read_json(path / EVALUATION_FILE))
 
 
 def collect_runs(paths: list[Path]) -> tuple[list[ReportRun], list[ReportSweep]]:
@@ -91,8 +94,8 @@ def collect_runs(paths: list[Path]) -> tuple[list[ReportRun], list[ReportSweep]]
     names = [p.resolve().name for p in paths]
     for path, name in zip(paths, names):
         label = name if names.count(name) == 1 else f"{path.resolve().parent.name}/{name}"
-        if (path / "sweep.json").is_file():
-            summary = _read_json(path / "sweep.json") or {}
+        if (path / SWEEP_FILE).is_file():
+            summary = _read_json(path / SWEEP_FILE) or {}
             sweep = ReportSweep(path=path, label=label, summary=summary)
             for point in summary.get("points", []):
                 sub = Path(point.get("run", ""))
@@ -258,7 +261,7 @@ def write_report(paths: list[Path], out: Path, *, title: str = "flowsteer report
     # 2. training curves
     parts.append("<h2>Training curves</h2>")
     for i, r in enumerate(runs):
-        metrics = r.path / "metrics.jsonl"
+        metrics = r.path / METRICS_FILE
         if not metrics.is_file():
             continue
         name = f"curves-{i}.png"
@@ -285,7 +288,7 @@ def write_report(paths: list[Path], out: Path, *, title: str = "flowsteer report
 
     # 4. metric vs NFE
     nfe_parts = []
-    adapts = [r for r in runs if r.method == "adapt" and any(k.startswith("w2_nfe") for k in r.final)]
+    adapts = [r for r in runs if r.method == "adapt" and any(k.startswith("w2_to_target_nfe") for k in r.final)]
     if adapts:
         save_metric_vs_nfe({f"{r.label} ({r.describe()})": r.final for r in adapts}, img / "nfe-adapt.png",
                            title="adapt runs: distance to the target against solver steps")
@@ -294,7 +297,7 @@ def write_report(paths: list[Path], out: Path, *, title: str = "flowsteer report
     keys = sorted({k for r in evaluated for row in r.evaluation["per_nfe"] for k in row if k != "nfe"})
     for key in keys:
         def name_of(r: ReportRun) -> str:
-            against = _dig(r.evaluation, "target.spec") if "target" in key else _dig(r.evaluation, "reward.spec") \
+            against = _dig(r.evaluation, "target_spec") if "target" in key else _dig(r.evaluation, "reward_spec") \
                 if key.startswith("reward") else None
             return f"{r.label} ({r.describe()})" + (f" vs {against}" if against else "")
 
@@ -317,7 +320,7 @@ def write_report(paths: list[Path], out: Path, *, title: str = "flowsteer report
         parts.append("<h3>From <code>flowsteer evaluate</code> (evaluation.json)</h3>")
         parts.append(_table(evaluated, EVALUATION_COLUMNS, lambda r, k: _dig(r.evaluation, k)))
         for r in evaluated:
-            hist = _dig(r.evaluation, "classes.histogram")
+            hist = _dig(r.evaluation, "metrics.class_histogram")
             if hist:
                 cells = " ".join(f"{c}: {v:.3f}" for c, v in enumerate(hist))
                 parts.append(f"<p class='note'>{html.escape(r.label)} class histogram - {cells}</p>")

@@ -59,13 +59,18 @@ def digit_logreg() -> tuple[Tensor, Tensor]:
     return torch.tensor(coef, dtype=torch.float32), torch.tensor(intercept, dtype=torch.float32)
 
 
-def digit_probabilities(x: Tensor) -> Tensor:
-    """Class probabilities ``[B, 10]`` of digits ``x`` (``[B, 1, 8, 8]`` or ``[B, 64]``, values clipped to [-1, 1])."""
+def digit_logits(x: Tensor) -> Tensor:
+    """Class logits ``[B, 10]`` of digits ``x`` (``[B, 1, 8, 8]`` or ``[B, 64]``, values clipped to [-1, 1])."""
     w, b = digit_logreg()
     flat = x.reshape(x.shape[0], -1).float().clamp(-1, 1)
     if flat.shape[1] != 64:
         raise ValueError(f"the digit classifier needs 8x8 images (64 values), got {tuple(x.shape[1:])}")
-    return torch.softmax(flat @ w.T + b, dim=1)
+    return flat @ w.T.to(flat.device) + b.to(flat.device)
+
+
+def digit_probabilities(x: Tensor) -> Tensor:
+    """Class probabilities ``[B, 10]`` of digits ``x`` (see :func:`digit_logits`)."""
+    return torch.softmax(digit_logits(x), dim=1)
 
 
 def digit_labels(x: Tensor) -> Tensor:

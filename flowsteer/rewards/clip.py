@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..extras import require
 from .protocol import RewardError
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
@@ -51,13 +52,7 @@ class ClipReward:
 
     def __init__(self, prompt: str, *, contrast: str | None = None, model: str = DEFAULT_CLIP,
                  value_range: tuple[float, float] = (0.0, 1.0), batch: int = 64, device: str | None = None) -> None:
-        try:
-            import transformers
-        except ImportError:
-            raise RewardError("the clip reward needs transformers; install it with pip install 'flowsteer[clip]'") from None
-        from ..models.adapters import quiet_hugging_face
-
-        quiet_hugging_face()
+        transformers = require("transformers", "clip")
         if not prompt.strip():
             raise RewardError("clip: empty prompt; write clip:a photo of a cat")
         self.prompt, self.contrast, self.value_range, self.batch = prompt, contrast, value_range, batch
