@@ -19,7 +19,7 @@ import sys
 import numpy as np
 
 from flowsteer.data import load_data
-from flowsteer.demo import digit_classifier
+from flowsteer.rewards.classifier import digit_labels
 from flowsteer.metrics import class_histogram, entropy, total_variation, wasserstein2
 
 
@@ -27,8 +27,10 @@ def main() -> None:
     kind, path = sys.argv[1], sys.argv[2]
     x = np.load(path)
     if kind == "digits":
-        clf, labels = digit_classifier()
-        pred = clf.predict(np.clip(x.reshape(len(x), -1), -1, 1))
+        import torch
+
+        pred = digit_labels(torch.from_numpy(x.astype(np.float32)))
+        labels = load_data("digits").train.labels
         p, q = class_histogram(pred, 10), class_histogram(labels, 10)
         print(f"n={len(x)} class histogram {np.round(p, 3).tolist()}")
         print(f"data histogram            {np.round(q, 3).tolist()}")

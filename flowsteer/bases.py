@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from . import __version__
 from .errors import ConfigError
 from .models import build_model
@@ -61,7 +63,7 @@ def base_config(spec: str | Path, *, prompt: str | None = None) -> dict[str, Any
     return diffusers_run_config(str(spec)[len(DIFFUSERS_PREFIX):], prompt=prompt)
 
 
-def load_base(spec: str | Path, *, prompt: str | None = None) -> Run:
+def load_base(spec: str | Path, *, prompt: str | None = None, device: torch.device | str = "cpu") -> Run:
     """A run folder, or ``diffusers:DIR`` (a diffusers UNet2DModel / SD3 folder) seen as a run.
 
     An SD3 pipeline needs ``prompt``: it is encoded once by the pipeline's own text encoders, and its
@@ -69,7 +71,11 @@ def load_base(spec: str | Path, *, prompt: str | None = None) -> Run:
     """
     cfg = base_config(spec, prompt=prompt)
     if not is_diffusers(spec):
-        return load_run(spec)
+        return load_run(spec, device=device)
     model = build_model(cfg["model"]).eval()
+    # the prompt is encoded on the CPU, where the pipeline's text encoders are loaded, then moved with the model
     embeds = encode_prompt(cfg, prompt, model) if prompt is not None else None
+    model = model.to(device)
+    if embeds is not None:
+        embeds = {k: v.to(device) for k, v in embeds.items()}
     return Run(model=model, config=cfg, path=None, prompt_embeds=embeds)

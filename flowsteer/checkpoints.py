@@ -91,7 +91,7 @@ def load_trainer_state(checkpoint: Path) -> dict[str, Any]:
     """Read ``trainer_state.pt`` of a checkpoint folder, with a one-line error if it is damaged."""
     path = checkpoint / STATE_FILE
     try:
-        state = torch.load(path, weights_only=False)
+        state = torch.load(path, weights_only=False, map_location="cpu")
         if not isinstance(state, dict) or "step" not in state:
             raise ValueError("not a trainer state")
         return state

@@ -162,11 +162,12 @@ def cmd_pretrain(p: Parsed) -> int:
 
 
 def cmd_sample(p: Parsed) -> int:
+    from .devices import resolve_device
     from .plots import save_samples
     from .runs import load_run
 
     config = _validated(p[SampleConfig])
-    run = load_run(config.model)
+    run = load_run(config.model, device=resolve_device(config.device))
     out = Path(config.out)
     if out.suffix == ".png" and not (len(run.shape) == 3 or run.shape == (2,)):
         raise ConfigError(f"a PNG needs images or 2-D points, but this model makes shape {run.shape}; write .npy instead")
@@ -271,7 +272,7 @@ def cmd_demo(p: Parsed) -> int:
     from .demo import run_demo
 
     config = p[DemoConfig]
-    run_demo(Path(config.out), fast=config.fast, progress=p.display.mode, say=p.say)
+    run_demo(Path(config.out), fast=config.fast, progress=p.display.mode, say=p.say, device=config.device)
     return 0
 
 

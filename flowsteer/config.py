@@ -78,6 +78,15 @@ class TrainConfig:
     log: str = option("jsonl", choices=LOGGERS,
                       help="jsonl: metrics.jsonl only; tensorboard: also TensorBoard events in OUT/tensorboard "
                            "(extra: tensorboard)")
+    device: str = option("auto", help=DEVICE_HELP)
+    precision: str = option("fp32", choices=PRECISIONS,
+                            help="fp32 (TF32 matmuls allowed on Ampere and newer), bf16 or fp16 autocast of the "
+                                 "forward passes (fp32 master weights, optimiser and EMA; fp16 adds a gradient "
+                                 "scaler), or fp32-strict (no TF32)")
+    compile: bool = option(False, help="torch.compile the velocity network")
+    gradient_checkpointing: bool = option(False, help="recompute activations in backward to save memory "
+                                                      "(diffusers models)")
+
 
     def validate(self) -> list[str]:
         p: list[str] = []
@@ -100,6 +109,7 @@ class TrainConfig:
         if not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
             p.append(f"--seed must be an integer in [0, 2^63) (got {self.seed!r})")
         check_choice(p, "log", self.log, LOGGERS)
+        check_choice(p, "precision", self.precision, PRECISIONS)
         return p
 
 
@@ -153,6 +163,7 @@ class SampleConfig:
     steps: int = option(50, help="solver steps")
     seed: int = option(0, help="seed of the noise")
     label: int | None = option(None, help="class label for a class-conditional model")
+    device: str = option("auto", help=DEVICE_HELP)
 
     def validate(self) -> list[str]:
         p = []
@@ -179,6 +190,7 @@ class EvaluationConfig:
                                    help="numbers of solver steps to sample with")
     seed: int = option(0, help="seed of the noise, labels and SDE")
     json: str | None = option(None, required=True, metavar="FILE", help="where to write the JSON object ('-' = stdout)")
+    device: str = option("auto", help=DEVICE_HELP)
 
     def validate(self) -> list[str]:
         p = []
@@ -210,6 +222,7 @@ class DemoConfig:
 
     out: str = option("runs/demo", metavar="DIR", help="output folder")
     fast: bool = option(False, help="a short run for a quick look (its figures are not meaningful)")
+    device: str = option("auto", help=DEVICE_HELP)
 
     def validate(self) -> list[str]:
         return []

@@ -77,7 +77,8 @@ def _plan_to_permutation(plan: np.ndarray) -> np.ndarray:
 
 def _sample_pairs_from_plan(plan: np.ndarray, n: int, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
     """Unequal sizes: draw ``n`` pairs from the plan (indices returned, so side data follows)."""
-    flat = torch.as_tensor(plan.reshape(-1), dtype=torch.float64).clamp_min(0)
+    device = generator.device if generator is not None else "cpu"
+    flat = torch.as_tensor(np.asarray(plan).reshape(-1), dtype=torch.float64, device=device).clamp_min(0)
     choice = torch.multinomial(flat / flat.sum(), n, replacement=True, generator=generator)
     return choice // plan.shape[1], choice % plan.shape[1]
 
@@ -112,8 +113,8 @@ class ExactOTCoupling:
         n0, n1 = cost.shape
         plan = ot.emd(np.full(n0, 1.0 / n0), np.full(n1, 1.0 / n1), cost, numItermax=1_000_000)
         if n0 == n1:
-            perm = torch.as_tensor(_plan_to_permutation(plan))
-            return _gather(x0, x1, torch.arange(n0), perm)
+            perm = torch.from_numpy(_plan_to_permutation(plan))
+            return _gather(x0, x1, torch.arange(n0, device=x0.device), perm)
         i0, i1 = _sample_pairs_from_plan(plan, n0, generator)
         return _gather(x0, x1, i0, i1)
 
@@ -134,15 +135,18 @@ class SinkhornCoupling:
         self.reg = float(reg)
 
     def plan(self, x0: Tensor, x1: Tensor) -> np.ndarray:
+        """The entropic plan, computed where the samples are (POT's torch backend: on the GPU for CUDA tensors)."""
         import ot
 
-        cost = _squared_cost(x0, x1)
+        a = x0.detach().reshape(x0.shape[0], -1).to(torch.float64)
+        b = x1.detach().reshape(x1.shape[0], -1).to(torch.float64)
+        cost = torch.cdist(a, b, p=2.0) ** 2
         n0, n1 = cost.shape
-        scale = max(cost.mean(), 1e-12)
-        return ot.sinkhorn(
-            np.full(n0, 1.0 / n0), np.full(n1, 1.0 / n1), cost / scale, self.reg, method="sinkhorn_log",
-            numItermax=10_000, stopThr=1e-6,
-        )
+        scale = cost.mean().clamp_min(1e-12)
+        plan = ot.sinkhorn(torch.full((n0,), 1.0 / n0, dtype=torch.float64, device=cost.device),
+                           torch.full((n1,), 1.0 / n1, dtype=torch.float64, device=cost.device), cost / scale,
+                           self.reg, method="sinkhorn_log", numItermax=10_000, stopThr=1e-6)
+        return plan.cpu().numpy()
 
     def __call__(self, x0: Tensor, x1: Tensor, *, generator: torch.Generator | None = None) -> CoupledBatch:
         import ot
@@ -152,12 +156,13 @@ class SinkhornCoupling:
         if n0 != n1:
             i0, i1 = _sample_pairs_from_plan(plan, n0, generator)
             return _gather(x0, x1, i0, i1)
-        uniform = torch.rand(plan.shape, generator=generator, dtype=torch.float64).clamp_(1e-12, 1 - 1e-12)
-        gumbel = (-torch.log(-torch.log(uniform))).numpy()
+        device = generator.device if generator is not None else "cpu"
+        uniform = torch.rand(plan.shape, generator=generator, dtype=torch.float64, device=device).clamp_(1e-12, 1 - 1e-12)
+        gumbel = (-torch.log(-torch.log(uniform))).cpu().numpy()
         score = np.log(np.maximum(plan, 1e-300)) + gumbel
         u = np.full(n0, 1.0 / n0)
         perm_plan = ot.emd(u, u, -(score - score.min()), numItermax=1_000_000)
-        return _gather(x0, x1, torch.arange(n0), torch.as_tensor(_plan_to_permutation(perm_plan)))
+        return _gather(x0, x1, torch.arange(n0, device=x0.device), torch.from_numpy(_plan_to_permutation(perm_plan)))
 
 
 

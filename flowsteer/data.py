@@ -156,11 +156,11 @@ def load_digits(classes: tuple[int, ...] | None = None) -> DataSet:
     from sklearn.datasets import load_digits as _load
 
     bunch = _load()
-    x = torch.tensor(bunch.images, dtype=torch.float32)[:, None] / 8.0 - 1.0
-    y = torch.tensor(bunch.target, dtype=torch.long)
+    x = torch.from_numpy(bunch.images.astype(np.float32))[:, None] / 8.0 - 1.0
+    y = torch.from_numpy(bunch.target.astype(np.int64))
     data = DataSet("digits", x, y, 10)
     if classes:
-        keep = torch.isin(y, torch.tensor(classes))
+        keep = torch.isin(y, torch.tensor(classes, device="cpu"))
         data = data.subset(torch.nonzero(keep).squeeze(1))
         data = DataSet(f"digits:{','.join(map(str, classes))}", data.x, data.labels, 10)
     return data
@@ -276,7 +276,10 @@ def load_user_data(path: Path) -> DataSet:
         labels = np.asarray(labels)
         if labels.shape != (x.shape[0],) or labels.dtype.kind not in "iu":
             raise DataError(f"{path}: labels must be integers of shape [{x.shape[0]}], got {labels.dtype} {labels.shape}")
-        y = torch.as_tensor(labels, dtype=torch.long)
+        if labels.size and labels.min() < 0:
+            raise DataError(f"{path}: labels must be class numbers >= 0, found {int(labels.min())}; renumber the classes "
+                            "from 0")
+        y = torch.from_numpy(labels.astype(np.int64))
         num_classes = int(y.max()) + 1
     return DataSet(path.name, torch.from_numpy(x), y, num_classes)
 
@@ -287,7 +290,7 @@ def load_user_data(path: Path) -> DataSet:
 def _holdout_split(data: DataSet, fraction: float, seed: int) -> tuple[DataSet, DataSet]:
     n = len(data)
     n_out = max(1, int(round(fraction * n)))
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed), device="cpu")
     return data.subset(perm[n_out:]), data.subset(perm[:n_out])
 
 

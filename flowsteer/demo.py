@@ -31,6 +31,7 @@ from typing import Any, Callable
 import torch
 
 from .config import ALIGN_DEFAULT_ALPHA, EvaluationConfig, TrainConfig, adapt_train_defaults, align_train_defaults
+from .devices import resolve_device
 from .evaluation import evaluate, write_evaluation
 from .io import atomic_write_json
 from .methods.configs import AdaptConfig, AlignConfig, PretrainConfig
@@ -90,8 +91,14 @@ TRAINERS: dict[type, Callable[..., Any]] = {PretrainConfig: pretrain, AlignConfi
 
 
 def run_demo(out: Path, *, fast: bool = False, progress: str = "auto", say: Callable[[str], None] = print,
-             workers: int | None = None) -> dict[str, Any]:
-    """Run the whole demo into ``out``; returns the summary also written to ``out/summary.json``."""
+             workers: int | None = None, device: str = "auto") -> dict[str, Any]:
+    """Run the whole demo into ``out``; returns the summary also written to ``out/summary.json``.
+
+    ``device``: where every job computes (``auto``: CUDA when available).  On a GPU the jobs run one at a time.
+    """
+    resolved = resolve_device(device)
+    if resolved.type != "cpu":
+        workers = 1  # one process owns the GPU; the CPU worker pool is for 2-core machines
     budget = DemoBudget.fast() if fast else DemoBudget.full()
     workers = workers or max(1, min(2, os.cpu_count() or 1))
     out.mkdir(parents=True, exist_ok=True)
@@ -125,7 +132,7 @@ def run_demo(out: Path, *, fast: bool = False, progress: str = "auto", say: Call
     b = budget
 
     def steps(train: TrainConfig, n: int) -> TrainConfig:
-        return dataclasses.replace(train, steps=n)
+        return dataclasses.replace(train, steps=n, device=str(resolved))
     stage("[1/5] pretraining on digits and on digits 0-4", [
         (paths[f"pretrain-{name}"], PretrainConfig(data=data, train=steps(TrainConfig(), b.pretrain_steps)))
         for name, data in (("digits", "digits"), ("digits0-4", "digits:0-4"))
@@ -143,7 +150,8 @@ def run_demo(out: Path, *, fast: bool = False, progress: str = "auto", say: Call
     ])
 
     def evaluation_of(name: str, **against: str) -> tuple[Path, EvaluationConfig]:
-        return paths[name], EvaluationConfig(model=str(paths[name]), n=b.eval_samples, nfes=b.eval_nfes, **against)
+        return paths[name], EvaluationConfig(model=str(paths[name]), n=b.eval_samples, nfes=b.eval_nfes,
+                                             device=str(resolved), **against)
     stage("[4/5] evaluating every run", [
         evaluation_of("pretrain-digits", reward="even-digits", target="digits"),
         evaluation_of("pretrain-digits0-4", target="digits:5-9"),

@@ -12,8 +12,9 @@ The same code runs with no launcher (one process: every call here is a no-op) an
   group's timeout (``FLOWSTEER_DIST_TIMEOUT`` seconds, default 300) bounds every wait, so a rank whose peer
   died exits with an error instead of hanging.
 
-Requires the ``accelerate`` package only when launched with more than one process.  The loop runs on
-the CPU (gloo); accelerator placement is not implemented yet.
+Requires the ``accelerate`` package only when launched with more than one process.  With CUDA each rank
+trains on its own GPU (``accelerator.device``) and the ranks meet over NCCL; without it, over gloo on the
+CPU.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class Distributed:
     rank: int = 0
     world_size: int = 1
     accelerator: Any = None
+    device: torch.device | None = None
 
     @property
     def is_main(self) -> bool:
@@ -76,22 +78,16 @@ class Distributed:
         torch.distributed.all_gather_object(out, obj)
         return out
 
-    def all_true(self, flag: bool) -> bool:
-        """``flag`` on every rank (a MIN all-reduce)."""
-        if not self.enabled:
-            return flag
-        t = torch.tensor([1 if flag else 0], dtype=torch.int64)
-        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
-        return bool(t.item())
 
 
-def mean_across_ranks(value: float) -> float:
-    """The mean of a float over ranks (itself when not distributed); used for state every rank must share."""
+def mean_across_ranks(value: torch.Tensor) -> torch.Tensor:
+    """The mean of a tensor over ranks (itself when not distributed), on its own device and without a host
+    synchronisation; used for state every rank must share (ORW's dual variable)."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return value
-    t = torch.tensor([float(value)], dtype=torch.float64)
+    t = value.detach().clone()
     torch.distributed.all_reduce(t)
-    return float(t.item()) / torch.distributed.get_world_size()
+    return t / torch.distributed.get_world_size()
 
 
 _CURRENT: Distributed | None = None
@@ -112,10 +108,11 @@ def setup() -> Distributed:
         raise ConfigError("launched with several processes, which needs accelerate; install it with pip install "
                           "'flowsteer[distributed]'") from None
     timeout = float(os.environ.get("FLOWSTEER_DIST_TIMEOUT", "300"))
-    # flowsteer's loop keeps its tensors on the CPU, so the processes meet over gloo on the CPU
-    # (accelerate's MULTI_CPU) even where GPUs exist; placing the loop on accelerators is not done yet
-    accelerator = Accelerator(cpu=True, kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=timeout))])
-    _CURRENT = Distributed(rank=accelerator.process_index, world_size=accelerator.num_processes, accelerator=accelerator)
+    # one GPU per rank over NCCL where CUDA exists; gloo on the CPU (accelerate's MULTI_CPU) otherwise
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(),
+                              kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=timeout))])
+    _CURRENT = Distributed(rank=accelerator.process_index, world_size=accelerator.num_processes, accelerator=accelerator,
+                           device=accelerator.device)
     return _CURRENT
 
 

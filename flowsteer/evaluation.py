@@ -27,6 +27,7 @@ from torch import Tensor
 from . import __version__
 from .config import EvaluationConfig
 from .data import load_data
+from .devices import resolve_device
 from .errors import ConfigError, DataError
 from .evaluators import SampleMetrics
 from .io import atomic_write_text, json_text
@@ -44,7 +45,7 @@ def _sample(run: Run, x0: Tensor, cond: dict[str, Tensor], nfe: int, seed: int) 
     solver = "euler-maruyama" if run.sigma > 0 else "euler"
     cond = {**run.condition(x0.shape[0]), **cond}  # a text-conditioned run's prompt states
     res = integrate(run.model, x0, solver=solver, steps=nfe, sigma=run.sigma, cond=cond,
-                    generator=torch.Generator(device=x0.device).manual_seed(seed + 1))
+                    generator=torch.Generator().manual_seed(seed + 1))
     return run.decode(res.x)
 
 
@@ -53,12 +54,13 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
     problems = config.validate()
     if problems:
         raise ConfigError.listing(problems)
-    run = load_run(config.model)
+    device = resolve_device(config.device)
+    run = load_run(config.model, device=device)
     nfes = tuple(sorted({int(k) for k in config.nfes}))
     reward = build_reward(config.reward) if config.reward else None
     reference = target = None
     if config.reference:
-        reference = load_run(config.reference)
+        reference = load_run(config.reference, device=device)
         if reference.shape != run.shape:
             raise DataError(f"--reference makes samples of shape {reference.shape}, the model {run.shape}; "
                             "compare runs of one data shape")
@@ -68,13 +70,15 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
             raise DataError(f"target {config.target!r} has samples of shape {data.train.shape}, but the model makes "
                             f"{run.shape}; evaluate against data of the model's shape")
         held = data.heldout.x
-        target = held[torch.randperm(len(held), generator=torch.Generator().manual_seed(config.seed + 2))[: config.n]]
+        order = torch.randperm(len(held), generator=torch.Generator().manual_seed(config.seed + 2), device="cpu")
+        target = held[order[: config.n]].to(device)
     metrics = SampleMetrics(reward=reward, target=target)
 
     torch.manual_seed(config.seed)
-    g = torch.Generator().manual_seed(config.seed)
-    x0 = torch.randn((config.n, *run.shape), generator=g)
-    cond = {"y": torch.randint(0, run.num_classes, (config.n,), generator=g)} if run.num_classes else {}
+    g = torch.Generator().manual_seed(config.seed)  # drawn on the CPU: the same noise on every device
+    x0 = torch.randn((config.n, *run.shape), generator=g, device="cpu").to(device)
+    cond = {"y": torch.randint(0, run.num_classes, (config.n,), generator=g, device="cpu").to(device)} \
+        if run.num_classes else {}
     ref_cond = cond if reference is not None and reference.num_classes == run.num_classes else {}
 
     out: dict[str, Any] = {

@@ -53,7 +53,7 @@ def reward_statistics(r: Tensor) -> dict[str, Any]:
     out: dict[str, Any] = {"reward_nonfinite": int(r.numel() - ok.numel())}
     if ok.numel() == 0:
         return out
-    q = torch.quantile(ok, torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64))
+    q = torch.quantile(ok, torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64, device="cpu"))
     out.update({"reward_mean": float(ok.mean()), "reward_std": float(ok.std()) if ok.numel() > 1 else 0.0,
                 "reward_min": float(ok.min()), "reward_max": float(ok.max()),
                 "reward_q10": float(q[0]), "reward_q50": float(q[1]), "reward_q90": float(q[2])})
@@ -137,10 +137,10 @@ class AlignEvaluator:
         self.solver, self.steps, self.sigma = solver, steps, sigma
         self.device = torch.device(device or "cpu")
         g = torch.Generator().manual_seed(12345)  # the same evaluation noise on every device
-        self.x0 = torch.randn((n, *shape), generator=g).to(self.device)
+        self.x0 = torch.randn((n, *shape), generator=g, device="cpu").to(self.device)
         self.cond = dict(condition(n)) if condition is not None else {}
         if num_classes:
-            self.cond["y"] = torch.randint(0, num_classes, (n,), generator=g).to(self.device)
+            self.cond["y"] = torch.randint(0, num_classes, (n,), generator=g, device="cpu").to(self.device)
         self.reference_x = self.sample(reference)
 
     def sample(self, model: nn.Module) -> Tensor:
@@ -170,8 +170,8 @@ class AdaptEvaluator:
         self.device = torch.device(device or "cpu")
         g = torch.Generator().manual_seed(2024)
         n = min(n, heldout.shape[0])
-        target = heldout[torch.randperm(heldout.shape[0], generator=g)[:n]]
-        self.x0 = torch.randn((n, *shape), generator=g).to(self.device)
+        target = heldout[torch.randperm(heldout.shape[0], generator=g, device="cpu")[:n]]
+        self.x0 = torch.randn((n, *shape), generator=g, device="cpu").to(self.device)
         self.cond = dict(condition(n)) if condition is not None else {}
         self.metrics = SampleMetrics(target=target.to(self.device))
 

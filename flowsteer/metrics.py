@@ -41,7 +41,7 @@ def wasserstein2(x: Tensor | np.ndarray, y: Tensor | np.ndarray) -> float:
 
 def mean_pairwise_distance(x: Tensor | np.ndarray) -> float:
     """Mean of ``||x_i - x_j||`` over pairs ``i != j`` (full-vector L2)."""
-    a = torch.as_tensor(_flat64(x))
+    a = torch.from_numpy(_flat64(x))
     n = a.shape[0]
     if n < 2:
         return 0.0

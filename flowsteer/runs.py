@@ -128,7 +128,7 @@ class Run:
         if spec is None:
             return x
         if self._decoder is None:
-            self._decoder = build_decoder(spec)
+            self._decoder = build_decoder(spec, device=x.device)
         return self._decoder(x)
 
     def condition(self, n: int) -> dict[str, Tensor]:
@@ -136,6 +136,11 @@ class Run:
         if not self.prompt_embeds:
             return {}
         return {k: v.expand(n, *v.shape[1:]) for k, v in self.prompt_embeds.items()}
+
+    @property
+    def device(self) -> torch.device:
+        """Where the run's network lives."""
+        return next((p.device for p in self.model.parameters()), torch.device("cpu"))
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -177,13 +182,17 @@ class Run:
             )
         if not isinstance(n, int) or n < 1:
             raise ConfigError(f"--n must be an integer >= 1, got {n!r}")
-        g = torch.Generator().manual_seed(seed)
-        x0 = torch.randn((n, *self.shape), generator=g)
+        device = self.device
+        g = torch.Generator().manual_seed(seed)  # the noise is drawn on the CPU: one seed, the same noise anywhere
+        x0 = torch.randn((n, *self.shape), generator=g, device="cpu").to(device)
         cond = self.condition(n)
         if labels is not None:
             if self.num_classes == 0:
                 raise ConfigError("this model is not class-conditional; drop the labels")
-            cond["y"] = torch.as_tensor(labels, dtype=torch.long).expand(n)
+            y = torch.as_tensor(labels, dtype=torch.long, device=device)
+            if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
+                raise ConfigError(f"--label must be a class in 0..{self.num_classes - 1} (got {labels!r})")
+            cond["y"] = y.expand(n)
         self.model.eval()
         result = integrate(self.model, x0, solver=solver, steps=steps, sigma=self.sigma, cond=cond,
                            return_trajectory=return_trajectory, generator=g)
@@ -196,18 +205,22 @@ class Run:
         return SampleResult(x=self.decode(result.x), nfe=result.nfe, times=result.times, trajectory=traj)
 
 
-def load_run(run_dir: str | Path) -> Run:
-    """Load a run folder by path alone: rebuild the net from ``config.json`` and load its weights."""
+def load_run(run_dir: str | Path, *, device: torch.device | str = "cpu") -> Run:
+    """Load a run folder by path alone: rebuild the net from ``config.json`` and load its weights onto ``device``
+    (whatever device the run trained on: weights are saved from the CPU)."""
     run_dir = Path(run_dir)
+    device = torch.device(device)
     cfg = read_config(run_dir)
     weights = run_dir / WEIGHTS_FILE
     if not weights.exists():
         raise RunFolderError(f"{str(run_dir)!r} has no {WEIGHTS_FILE}; the run did not finish - resume or re-run it")
     try:
-        model = build_model(cfg["model"])
-        state = load_file(str(weights))
+        with torch.device(device):
+            model = build_model(cfg["model"])
+        state = load_file(str(weights), device=str(device))
         load_trainable_state_dict(model, state)
-        prompt = load_file(str(run_dir / PROMPT_FILE)) if cfg.get("condition", {}).get("kind") == "prompt" else None
+        prompt = load_file(str(run_dir / PROMPT_FILE), device=str(device)) \
+            if cfg.get("condition", {}).get("kind") == "prompt" else None
     except (RunFolderError, ConfigError):
         raise
     except KeyError as exc:

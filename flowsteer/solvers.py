@@ -60,7 +60,10 @@ class _CountingField:
 
     def __call__(self, t: Tensor | float, x: Tensor) -> Tensor:
         self.nfe += 1
-        t_batch = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])
+        if isinstance(t, Tensor):
+            t_batch = t.to(dtype=x.dtype, device=x.device).expand(x.shape[0])
+        else:  # a host float: a fill kernel, no host-to-device copy
+            t_batch = torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
         return self.model(t_batch, x, **self.cond)
 
 
@@ -84,7 +87,7 @@ def _fixed_step(
     return_trajectory: bool,
     generator: torch.Generator | None,
 ) -> SampleResult:
-    times = torch.linspace(t0, t1, steps + 1, dtype=torch.float64)
+    times = torch.linspace(t0, t1, steps + 1, dtype=torch.float64, device="cpu")  # host floats for the loop
     traj = [x] if return_trajectory else None
     for k in range(steps):
         t, t_next = float(times[k]), float(times[k + 1])
@@ -101,7 +104,10 @@ def _fixed_step(
         elif method == "euler-maruyama":
             x = x + h * field(t, x)
             if sigma > 0 and k < steps - 1:
-                noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device="cpu").to(x.device)
+                # drawn where the generator lives (a run's device generator, or a CPU one for device-independent
+                # sampling), then placed with x
+                where = generator.device if generator is not None else x.device
+                noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=where).to(x.device)
                 x = x + sigma * (h**0.5) * noise
         else:  # pragma: no cover - guarded by integrate()
             raise AssertionError(method)

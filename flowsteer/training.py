@@ -6,29 +6,40 @@ clipping, an exponential moving average (EMA) of the weights, the seeded RNG,
 logging to ``metrics.jsonl``, progress, and atomic checkpoints that resume
 exactly (weights, EMA, optimiser, scheduler, RNG and the objective's state).
 
-Per step ``k``::
+Per step ``k``, all on the run's device and without a host synchronisation::
 
-    out = objective.loss(model, step=k, generator=g)     # StepOutput(loss, metrics)
-    out.loss.backward(); clip_grad_norm_(max_norm); adam.step(); lr_schedule.step()
-    ema <- ema + (1 - d_k) (theta - ema),   d_k = min(decay, (1 + k) / (10 + k))
+    out = objective.loss(model, step=k, generator=g)     # StepOutput(loss, metrics), autocast for bf16/fp16
+    out.loss.backward(); n = clip_grad_norm_(max_norm); ok = isfinite(loss) & isfinite(n)
+    adam.step(found_inf = not ok)                        # fused Adam skips the update on the device
+    lr_schedule.step(); ema <- ema + (1 - d_k) ok (theta - ema),   d_k = min(decay, (1 + k) / (10 + k))
+
+The step's flags and metric sums stay on the device; they are read (one synchronisation) at log,
+evaluation and checkpoint steps, and after every step on the CPU, where reading is free.  A skipped step
+is then logged, and ``max_bad_steps`` of them in a row stop the run.
 """
 
 from __future__ import annotations
 
-import random
+import math
+import signal
+import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from .config import TrainConfig
+from .devices import autocast, configure_matmul, precision_problems
 from .distributed import Distributed
 from .errors import ConfigError, Interrupted, TrainingStopped
+from .models import enable_gradient_checkpointing
 from .models.weights import load_trainable_state_dict, trainable_state_dict
 from .progress import Progress
+from .train_state import EMA, rng_state, seed_everything, set_rng_state, weights_digest
+
+__all__ = ["EMA", "Objective", "StepOutput", "TrainResult", "Trainer", "seed_everything"]
 
 
 @dataclass
@@ -49,60 +60,6 @@ class Objective(Protocol):
 
     def loss(self, model: nn.Module, *, step: int, generator: torch.Generator) -> StepOutput:
         ...
-
-
-class EMA:
-    """Exponential moving average of a model's floating-point parameters and buffers.
-
-    Only the trained tensors are averaged (:func:`~flowsteer.models.lora.trainable_state_dict`: the
-    adapters of a LoRA model, else every parameter and buffer).  The live tensors are captured once
-    (``load_state_dict`` copies in place, so they stay the same objects); each update is one fused
-    ``_foreach_lerp_``.
-    """
-
-    def __init__(self, model: nn.Module, decay: float) -> None:
-        self.decay = decay
-        live = trainable_state_dict(model, keep_vars=True)
-        self.shadow = {k: v.detach().clone() for k, v in live.items()}
-        self._float_keys = [k for k, v in live.items() if v.is_floating_point()]
-        self._other_keys = [k for k, v in live.items() if not v.is_floating_point()]
-        self._live = live
-        self._shadow_floats = [self.shadow[k] for k in self._float_keys]
-        self._live_floats = [live[k] for k in self._float_keys]
-
-    @torch.no_grad()
-    def update(self, model: nn.Module, step: int) -> None:
-        d = min(self.decay, (1 + step) / (10 + step))
-        torch._foreach_lerp_(self._shadow_floats, self._live_floats, 1.0 - d)
-        for k in self._other_keys:
-            self.shadow[k].copy_(self._live[k])
-
-    def state_dict(self) -> dict[str, Tensor]:
-        return self.shadow
-
-
-def rng_state(generator: torch.Generator) -> dict[str, Any]:
-    return {
-        "generator": generator.get_state(),
-        "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
-    }
-
-
-def set_rng_state(generator: torch.Generator, state: dict[str, Any]) -> None:
-    generator.set_state(state["generator"])
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-
-
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed torch, numpy and python; return the run's own generator."""
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
-    return torch.Generator().manual_seed(seed)
 
 
 @dataclass
@@ -148,11 +105,15 @@ class Trainer:
         eval_every: int = 0,
         dist: Distributed | None = None,
     ) -> None:
-        problems = config.validate()
+        self.device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        problems = config.validate() + precision_problems(self.device, config.precision, compile=config.compile)
         if problems:
             raise ConfigError.listing(problems)
         self.model, self.objective, self.config = model, objective, config
         self.generator = generator
+        configure_matmul(self.device, config.precision)
+        if config.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
         self.checkpoint_fn, self.log_fn, self.progress = checkpoint, log, progress
         self.evaluate_fn, self.eval_every = evaluate, eval_every
         self.last_eval: dict[str, Any] = {}
@@ -162,7 +123,12 @@ class Trainer:
         self._stop_signal = 0
         cls = torch.optim.AdamW if config.weight_decay > 0 else torch.optim.Adam
         kwargs = {"weight_decay": config.weight_decay} if config.weight_decay > 0 else {}
-        self.optimizer = cls([p for p in model.parameters() if p.requires_grad], lr=config.lr, **kwargs)
+        params = [p for p in model.parameters() if p.requires_grad]
+        # fused Adam takes the skip flag as a device tensor (found_inf): a skipped step needs no host sync
+        fused = self.device.type in ("cpu", "cuda") and all(p.dtype == torch.float32 for p in params)
+        self.optimizer = cls(params, lr=config.lr, fused=fused or None, **kwargs)
+        self._fused = fused
+        self.scaler = torch.amp.GradScaler(self.device.type) if config.precision == "fp16" else None
         warm = config.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda k: min(1.0, (k + 1) / warm) if warm > 0 else 1.0
@@ -171,6 +137,10 @@ class Trainer:
         self.step = 0
         self.dist = dist or Distributed()
         self.train_model = self.dist.wrap(model)
+        if config.compile:
+            self.train_model = torch.compile(self.train_model)
+        self._pending: list[tuple[int, Tensor]] = []  # (step, [loss, grad norm]) not yet read on the host
+        self._bad_in_row = 0
         self._rng_ranks: list[Any] | None = None
         self.ranks_in_sync: bool | None = None
 
@@ -190,6 +160,8 @@ class Trainer:
             "rng": rng_state(self.generator),
             "eval_history": list(self.eval_history),
             "skipped_steps": self.skipped_steps,
+            "bad_in_row": self._bad_in_row,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
         }
         if self.dist.enabled:
             state["world_size"] = self.dist.world_size
@@ -214,6 +186,9 @@ class Trainer:
         set_rng_state(self.generator, state["rng_ranks"][self.dist.rank] if self.dist.enabled else state["rng"])
         self.eval_history = list(state.get("eval_history", []))
         self.skipped_steps = int(state.get("skipped_steps", 0))
+        self._bad_in_row = int(state.get("bad_in_row", 0))
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         if "objective" in state and hasattr(self.objective, "load_state_dict"):
             self.objective.load_state_dict(state["objective"])
 
@@ -248,27 +223,70 @@ class Trainer:
             self.progress.log(self.step, dict(list(shown.items())[:4]))
         return metrics
 
-    def _step(self, params: list[Tensor]) -> tuple[StepOutput, Tensor | None, str | None]:
-        """One guarded optimisation step: returns (output, grad norm, None) or (output, None, why it was skipped)."""
+    def _step(self, params: list[Tensor]) -> tuple[StepOutput, Tensor, Tensor]:
+        """One optimisation step on the device: returns (output, grad norm, ok), ``ok`` a 0-d bool tensor.
+
+        No host synchronisation: a non-finite loss or gradient reaches the fused optimiser as its
+        ``found_inf`` flag, which skips the update; the EMA is weighted by ``ok``.  Under several processes
+        every rank sees the same averaged (non-finite) gradient, so they all skip together.
+        """
         cfg = self.config
-        out = self.objective.loss(self.train_model, step=self.step, generator=self.generator)
+        with autocast(self.device, cfg.precision):
+            out = self.objective.loss(self.train_model, step=self.step, generator=self.generator)
+        loss = out.loss.float()
         self.optimizer.zero_grad(set_to_none=True)
-        finite = bool(torch.isfinite(out.loss))
-        if not self.dist.all_true(finite):  # every rank skips together, or the others would wait in backward
-            return out, None, f"non-finite loss ({out.loss.item()})" if not finite else "non-finite loss on another rank"
-        out.loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-        if not torch.isfinite(grad_norm):
-            self.optimizer.zero_grad(set_to_none=True)
-            return out, None, f"non-finite gradient (norm {grad_norm.item()})"
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+        loss_ok = torch.isfinite(loss.detach())
+        # under fp16 an overflowing gradient is the scaler's business (it skips and lowers the scale): such a
+        # step is not applied (nor averaged into the EMA) but is not counted as a bad step either
+        ok = loss_ok & torch.isfinite(grad_norm)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        elif self._fused:
+            self.optimizer.found_inf = (~ok).float()  # type: ignore[attr-defined]
+            self.optimizer.step()
+            del self.optimizer.found_inf  # type: ignore[attr-defined]
+        elif bool(ok):  # an optimiser without fused kernels (e.g. on MPS): this one check syncs
+            self.optimizer.step()
         self.scheduler.step()
         if self.ema is not None:
-            self.ema.update(self.model, self.step)
-        return out, grad_norm, None
+            self.ema.update(self.model, self.step, ok)
+        self._pending.append((self.step, torch.stack([loss.detach(), grad_norm.detach().float()])))
+        return out, grad_norm, ok
+
+    def _settle(self) -> None:
+        """Read the pending steps' flags on the host (one sync): log skipped steps, stop after too many in a row."""
+        if not self._pending:
+            return
+        values = torch.stack([v for _, v in self._pending]).cpu().tolist()
+        steps = [k for k, _ in self._pending]
+        self._pending = []
+        for step, (loss, norm) in zip(steps, values):
+            if math.isfinite(loss) and (math.isfinite(norm) or self.scaler is not None):
+                self._bad_in_row = 0
+                continue
+            reason = f"non-finite loss ({loss})" if not math.isfinite(loss) else f"non-finite gradient (norm {norm})"
+            self._bad_in_row += 1
+            self.skipped_steps += 1
+            if self.log_fn is not None:
+                self.log_fn({"step": step, "kind": "skip", "reason": reason, "in_a_row": self._bad_in_row})
+            if self.progress is not None:
+                self.progress.message(f"step {step}: skipped ({reason}); {self._bad_in_row} in a row")
+            if self._bad_in_row >= self.config.max_bad_steps:
+                raise TrainingStopped(
+                    f"stopped at step {step}: {self._bad_in_row} non-finite steps in a row ({reason}); the last "
+                    "checkpoint is kept - lower --lr, check the data or reward for extreme values, or raise "
+                    "--max-bad-steps")
 
     def _checkpoint(self) -> None:
         """Save through ``checkpoint_fn`` on rank 0, with every rank's RNG state; all ranks wait for it."""
+        self._settle()
         if self.dist.enabled:
             self._rng_ranks = self.dist.gather_object(rng_state(self.generator))
         if self.checkpoint_fn is not None and self.dist.is_main:
@@ -286,17 +304,14 @@ class Trainer:
         raise :class:`TrainingStopped`, leaving the last checkpoint as it was.  SIGINT / SIGTERM
         (in the main thread) finish the current step, save a checkpoint and raise :class:`Interrupted`.
         """
-        import signal
-        import threading
-
         cfg = self.config
         self.model.train()
         start = time.perf_counter()
         sums: dict[str, Tensor] = {}
-        count = 0
+        count = torch.zeros((), device=self.device)
         last_loss = float("nan")
-        bad_in_row = 0
         params = [p for p in self.model.parameters() if p.requires_grad]
+        read_every_step = self.device.type == "cpu"
         self._stop_signal = 0
         handlers = {}
         if threading.current_thread() is threading.main_thread():
@@ -306,44 +321,39 @@ class Trainer:
             if self.step == 0 and self.evaluate_fn is not None:
                 self.run_evaluation()
             while self.step < cfg.steps:
-                out, grad_norm, skipped = self._step(params)
-                if skipped is not None:
-                    bad_in_row += 1
-                    self.skipped_steps += 1
-                    if self.log_fn is not None:
-                        self.log_fn({"step": self.step, "kind": "skip", "reason": skipped, "in_a_row": bad_in_row})
-                    if self.progress is not None:
-                        self.progress.message(f"step {self.step}: skipped ({skipped}); {bad_in_row} in a row")
-                    if bad_in_row >= cfg.max_bad_steps:
-                        raise TrainingStopped(
-                            f"stopped at step {self.step}: {bad_in_row} non-finite steps in a row ({skipped}); the last "
-                            "checkpoint is kept - lower --lr, check the data or reward for extreme values, or raise "
-                            "--max-bad-steps")
-                else:
-                    bad_in_row = 0
-                    for key, value in (("loss", out.loss.detach()), ("grad_norm", grad_norm.detach()), *out.metrics.items()):
-                        v = value.detach() if isinstance(value, Tensor) else torch.tensor(float(value))
-                        sums[key] = sums[key] + v if key in sums else v.clone()
-                    count += 1
+                out, grad_norm, ok = self._step(params)
+                for key, value in (("loss", out.loss), ("grad_norm", grad_norm), *out.metrics.items()):
+                    v = value.detach().float() if isinstance(value, Tensor) else \
+                        torch.full((), float(value), device=self.device)  # a fill kernel, no host-to-device copy
+                    v = torch.where(ok, v, torch.zeros_like(v))
+                    sums[key] = sums[key] + v if key in sums else v
+                count = count + ok
                 self.step += 1
                 if self.progress is not None:
                     self.progress.step()
-                if (self.step % cfg.log_every == 0 or self.step == cfg.steps) and count:
-                    record = {k: float(v) / count for k, v in sums.items()}
-                    last_loss = record["loss"]
-                    record = {"step": self.step, "kind": "train", **record, "lr": self.scheduler.get_last_lr()[0],
-                              "elapsed_s": round(time.perf_counter() - start, 3)}
-                    if self.log_fn is not None:
-                        self.log_fn(record)
-                    if self.progress is not None:
-                        self.progress.log(self.step, {"loss": record["loss"]})
-                    sums, count = {}, 0
+                logging = self.step % cfg.log_every == 0 or self.step == cfg.steps
+                if read_every_step or logging:
+                    self._settle()
+                if logging and sums:
+                    n = float(count)
+                    if n:
+                        record = {k: float(v) / n for k, v in sums.items()}
+                        last_loss = record["loss"]
+                        record = {"step": self.step, "kind": "train", **record,
+                                  "lr": self.scheduler.get_last_lr()[0], "elapsed_s": round(time.perf_counter() - start, 3)}
+                        if self.log_fn is not None:
+                            self.log_fn(record)
+                        if self.progress is not None:
+                            self.progress.log(self.step, {"loss": record["loss"]})
+                    sums, count = {}, torch.zeros((), device=self.device)
                 if self.eval_every and self.step % self.eval_every == 0 and self.step < cfg.steps:
+                    self._settle()
                     self.run_evaluation()
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                     self._checkpoint()
                 if self._stop_signal:
                     self._interrupt()
+            self._settle()
             if self.evaluate_fn is not None and self.last_eval_step != self.step:
                 self.run_evaluation()
             self._checkpoint()
@@ -358,8 +368,6 @@ class Trainer:
                            skipped_steps=self.skipped_steps)
 
     def _interrupt(self) -> None:
-        import signal
-
         name = signal.Signals(self._stop_signal).name
         saved = ""
         if self.checkpoint_fn is not None or self.dist.enabled:
@@ -367,17 +375,3 @@ class Trainer:
             saved = f"; saved a checkpoint at step {self.step} - run the same command with --resume to continue"
         raise Interrupted(f"interrupted by {name} at step {self.step}{saved}", signum=self._stop_signal)
 
-
-def weights_digest(model: nn.Module) -> str:
-    """SHA-256 of the trained tensors' bytes: equal on every rank when gradients were synchronised."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for key, value in sorted(trainable_state_dict(model).items()):
-        h.update(key.encode())
-        h.update(value.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-def config_dict(config: Any) -> dict[str, Any]:
-    return asdict(config)

@@ -20,6 +20,7 @@ from torch import nn
 from .. import __version__
 from ..checkpoints import RunWriter, load_trainer_state, resolve_checkpoint
 from ..config import TrainConfig
+from ..devices import precision_problems, resolve_device
 from ..distributed import Distributed, setup
 from ..errors import ConfigError
 from ..io import atomic_write_json
@@ -45,19 +46,34 @@ class RunContext:
     dist: Distributed
     train: TrainConfig
     generator: torch.Generator
+    device: torch.device
 
 
-def run_context(train: TrainConfig, *, desc: str, multi_process: bool = True) -> RunContext:
-    """Seed the run and find this rank's share of the batch (``multi_process=False`` refuses a launcher)."""
+def run_device(train: TrainConfig) -> torch.device:
+    """The run's device: ``--device`` (``auto``: CUDA when available), or this rank's GPU under a launcher;
+    ``--precision`` and ``--compile`` are checked against it."""
+    dist = setup()
+    device = dist.device if dist.enabled and dist.device is not None else resolve_device(train.device)
+    problems = precision_problems(device, train.precision, compile=train.compile)
+    if problems:
+        raise ConfigError.listing(problems)
+    return device
+
+
+def run_context(train: TrainConfig, *, device: torch.device, desc: str, multi_process: bool = True) -> RunContext:
+    """Seed the run and find this rank's share of the batch (``multi_process=False`` refuses a launcher).
+
+    The run's generator lives on ``device``: every batch, noise and time draw of the run comes from it.
+    """
     dist = setup()
     if dist.enabled and not multi_process:
         raise ConfigError(f"{desc} runs in one process; multi-process training (accelerate launch) is supported "
                           "for align and adapt - launch this command without accelerate")
     local = dataclasses.replace(train, batch_size=dist.local_batch(train.batch_size))
-    generator = seed_everything(train.seed)  # the same on every rank: the same initial weights
+    generator = seed_everything(train.seed, device)  # the same on every rank: the same initial weights
     if dist.enabled:
-        generator = torch.Generator().manual_seed(dist.rank_seed(train.seed))
-    return RunContext(dist=dist, train=local, generator=generator)
+        generator = torch.Generator(device=device).manual_seed(dist.rank_seed(train.seed))
+    return RunContext(dist=dist, train=local, generator=generator, device=device)
 
 
 @dataclass
@@ -87,7 +103,8 @@ def prepare_model(base: Run, *, lora_rank: int = 0, lora_alpha: float | None = N
         add_lora(model, spec["lora"])
         model.train()
         return PreparedModel(model=model, reference=AdapterDisabled(model), spec=spec)
-    model = build_model(spec)
+    with torch.device(next(base.model.parameters()).device):
+        model = build_model(spec)
     model.load_state_dict(base.model.state_dict())
     reference = base.model.eval()
     for p in reference.parameters():
@@ -95,10 +112,11 @@ def prepare_model(base: Run, *, lora_rank: int = 0, lora_alpha: float | None = N
     return PreparedModel(model=model, reference=reference, spec=spec)
 
 
-def run_header(method: str, spec: dict[str, Any], settings: dict[str, Any], seed: int, **extra: Any) -> dict[str, Any]:
-    """The fields every run's ``config.json`` starts with."""
+def run_header(method: str, spec: dict[str, Any], settings: dict[str, Any], seed: int, *, device: torch.device,
+               **extra: Any) -> dict[str, Any]:
+    """The fields every run's ``config.json`` starts with (``device``: where it trained; loading needs none)."""
     return {"flowsteer_version": __version__, "method": method, "model": spec, "settings": settings, "seed": seed,
-            **extra}
+            "trained_on": str(device), **extra}
 
 
 def fit(
@@ -131,14 +149,13 @@ def fit(
                               "the run again (pass --checkpoint-every N to checkpoint during training)")
     if train.log == "tensorboard" and out is None:
         raise ConfigError("--log tensorboard writes into the run folder; give --out")
+    bar = Progress(train.steps, mode=progress if dist.is_main else "quiet", desc=desc)
+    trainer = Trainer(model, objective, train, generator=generator, progress=bar, evaluate=evaluate,
+                      eval_every=eval_every, dist=dist)  # checks every setting before the folder is made
     writer = RunWriter(out, run_config, keep_last=train.keep_last, tensorboard=train.log == "tensorboard") \
         if out is not None and dist.is_main else None
-    bar = Progress(train.steps, mode=progress if dist.is_main else "quiet", desc=desc)
-    trainer = Trainer(
-        model, objective, train, generator=generator,
-        checkpoint=writer.checkpoint if writer else None, log=writer.log if writer else None,
-        progress=bar, evaluate=evaluate, eval_every=eval_every, dist=dist,
-    )
+    if writer is not None:
+        trainer.checkpoint_fn, trainer.log_fn = writer.checkpoint, writer.log
     if checkpoint is not None:
         trainer.load_state_dict(load_trainer_state(checkpoint))
         if writer is not None:
@@ -176,7 +193,8 @@ def finish_run(trainer: Trainer, run_config: dict[str, Any], out: Path | None, *
         load_trainable_state_dict(trainer.model, {k: v.clone() for k, v in trainer.sampling_state_dict().items()})
         sampler = trainer.model.eval()
     else:
-        sampler = build_model(spec)
+        with torch.device(trainer.device):
+            sampler = build_model(spec)
         sampler.load_state_dict(trainer.sampling_state_dict())
         sampler.eval()
     return Run(model=sampler, config=config, path=out, prompt_embeds=prompt_embeds)

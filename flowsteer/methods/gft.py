@@ -35,7 +35,7 @@ from ..plots import save_metric_vs_nfe, save_metric_vs_step
 from ..runs import METRICS_VS_NFE_PLOT, METRICS_VS_STEP_PLOT, Run
 from ..schedules import TemperatureSchedule
 from ..training import StepOutput, Trainer
-from .common import finish_run, fit, prepare_model, run_context, run_header, start_run_folder
+from .common import finish_run, fit, prepare_model, run_context, run_device, run_header, start_run_folder
 from .configs import AdaptConfig
 
 __all__ = ["AdaptConfig", "GFTObjective", "adapt"]
@@ -58,18 +58,18 @@ class GFTObjective:
 
     def loss(self, model: nn.Module, *, step: int, generator: torch.Generator) -> StepOutput:
         tau = self.schedule(step)
-        idx = torch.randint(0, self.target.shape[0], (self.batch_size,), generator=generator)
+        idx = torch.randint(0, self.target.shape[0], (self.batch_size,), generator=generator, device=self.target.device)
         x1 = self.target[idx]
-        x0 = torch.randn(x1.shape, generator=generator)
+        x0 = torch.randn(x1.shape, generator=generator, device=x1.device)
         pairs = self.coupling(x0, x1, generator=generator)
-        t = self.time_sampler.sample(self.batch_size, generator=generator)
+        t = self.time_sampler.sample(self.batch_size, generator=generator, device=x1.device)
         s = self.path.sample(pairs.x0, pairs.x1, t, generator=generator)
         cond = self.condition(self.batch_size) if self.condition is not None else {}
-        pred = model(s.t, s.x_t, **cond)
+        pred = model(s.t, s.x_t, **cond).float()  # the loss in float32 under autocast
         loss = ((pred - s.target) ** 2).mean()
         if tau > 0:
             with torch.no_grad():
-                ref = self.pretrained(s.t, s.x_t, **cond)
+                ref = self.pretrained(s.t, s.x_t, **cond).float()
             loss = loss + tau * ((pred - ref) ** 2).mean()
             if self.divide:
                 loss = loss / (1 + tau)
@@ -86,7 +86,7 @@ def _target_samples(config: AdaptConfig, base: Run, batch_size: int) -> tuple[Te
     if config.n_target is not None:
         if config.n_target > len(target):
             raise DataError(f"--n-target {config.n_target} exceeds the {len(target)} target samples available")
-        target = target[torch.randperm(len(target), generator=torch.Generator().manual_seed(0))[: config.n_target]]
+        target = target[torch.randperm(len(target), generator=torch.Generator().manual_seed(0), device="cpu")[: config.n_target]]
     elif len(target) < batch_size:
         raise DataError(f"the target has {len(target)} samples, fewer than --batch-size {batch_size}; "
                         "pass --n-target to use a small target set on purpose, or lower --batch-size")
@@ -102,23 +102,24 @@ def adapt(config: AdaptConfig, out: str | Path | None, *, progress: str = "auto"
     problems = config.validate()
     if problems:
         raise ConfigError.listing(problems)
-    base = load_base(config.base, prompt=config.prompt)
+    device = run_device(config.train)
+    base = load_base(config.base, prompt=config.prompt, device=device)
     sigma = base.sigma if config.sigma is None else float(config.sigma)
     if sigma != base.sigma:
         raise ConfigError(f"--sigma {sigma} differs from the base's sigma {base.sigma}; GFT blends drifts of one sigma")
     target, heldout = _target_samples(config, base, config.train.batch_size)
     schedule = config.temperature()
-    ctx = run_context(config.train, desc="adapt")
+    ctx = run_context(config.train, device=device, desc="adapt")
     prepared = prepare_model(base, lora_rank=config.lora_rank, lora_alpha=config.lora_alpha)
     condition = base.condition if base.prompt_embeds else None
-    objective = GFTObjective(base.normalizer.encode(target), pretrained=prepared.reference, schedule=schedule,
+    objective = GFTObjective(base.normalizer.encode(target).to(device), pretrained=prepared.reference, schedule=schedule,
                              sigma=sigma, coupling=config.coupling, batch_size=ctx.train.batch_size,
                              divide=config.divide, condition=condition)
     if evaluate is None:
         evaluate = AdaptEvaluator(heldout, decode=base.decode, shape=base.shape, sigma=sigma, n=config.eval_samples,
-                                  nfes=config.eval_nfes, condition=condition)
+                                  nfes=config.eval_nfes, condition=condition, device=device)
     run_config = run_header(
-        "adapt", prepared.spec, {**asdict(config), "eval_nfes": list(config.eval_nfes)}, config.train.seed,
+        "adapt", prepared.spec, {**asdict(config), "eval_nfes": list(config.eval_nfes)}, config.train.seed, device=device,
         adapt_method=config.method, base=base_name(config.base), data=base.config["data"],
         target={"spec": config.target, "n_used": int(len(target))}, path=build_path(sigma).to_config(),
         schedule_taus=schedule.stage_taus() if config.method == "gft" else [0.0])

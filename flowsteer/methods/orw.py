@@ -48,7 +48,7 @@ from ..rewards.protocol import reward_name
 from ..runs import METRICS_FILE, REWARD_CURVE_PLOT, Run
 from ..solvers import integrate
 from ..training import StepOutput, Trainer
-from .common import finish_run, fit, prepare_model, run_context, run_header, start_run_folder
+from .common import finish_run, fit, prepare_model, run_context, run_device, run_header, start_run_folder
 from .configs import AlignConfig
 from .policy import LaggedPolicy
 
@@ -68,7 +68,7 @@ def reward_weights(r: Tensor, *, tau: float, normalize: str = "mean", standardiz
     z = torch.where(valid, r, torch.zeros_like(r))
     if standardize:
         zs = z[valid]
-        std = zs.std() if zs.numel() > 1 else torch.tensor(1.0)
+        std = zs.std() if zs.numel() > 1 else torch.ones((), device=r.device)
         z = (z - zs.mean()) / std.clamp_min(1e-8)
     logw = tau * z
     if normalize == "mean":
@@ -107,19 +107,28 @@ class RewardWeightedObjective:
         decode: model units -> data units.
         shape: sample shape; num_classes: > 0 for class-conditional models.
         condition: ``condition(n)`` -> conditions every sample gets (a text-conditioned base's prompt states).
+        device: where the rollouts, rewards' inputs and the dual variable live (default: the generator's).
+
+    The W2-budget dual variable ``alpha`` and the running W2 term are device tensors, updated without a host
+    synchronisation; they are read on the host only for checkpoints and the final figures.
     """
 
     def __init__(self, *, reference: nn.Module, reward: Any, config: AlignConfig, decode, shape: tuple[int, ...],
-                 sigma: float, num_classes: int = 0, generator: torch.Generator, condition=None) -> None:
+                 sigma: float, num_classes: int = 0, generator: torch.Generator, condition=None,
+                 device: torch.device | None = None) -> None:
         self.reference, self.reward, self.cfg = reference, reward, config
+        self.device = torch.device(device or generator.device)
+        self._stat_dtype = torch.float32 if self.device.type == "mps" else torch.float64
         self.decode, self.shape, self.sigma, self.num_classes = decode, shape, sigma, num_classes
         self.condition = condition
         self._pending_policy: dict[str, Tensor] | None = None
         self.path = build_path(sigma)
         self.coupling = build_coupling(config.coupling)
         self.time_sampler = TimeSampler("uniform")
-        self.alpha = config.effective_alpha
-        self.w2_running: float | None = None
+        self.alpha: float | Tensor = config.effective_alpha
+        if config.w2_budget is not None:
+            self.alpha = torch.tensor(float(self.alpha), dtype=self._stat_dtype, device=self.device)
+        self.w2_running: Tensor | None = None
         self.policy: LaggedPolicy | None = None
         self.offline: dict[str, Tensor] | None = None
         self.bad_total = 0
@@ -133,12 +142,12 @@ class RewardWeightedObjective:
     def _labels(self, n: int, generator: torch.Generator) -> dict[str, Tensor]:
         cond = dict(self.condition(n)) if self.condition is not None else {}
         if self.num_classes:
-            cond["y"] = torch.randint(0, self.num_classes, (n,), generator=generator)
+            cond["y"] = torch.randint(0, self.num_classes, (n,), generator=generator, device=self.device)
         return cond
 
     def _rollout(self, model: nn.Module, n: int, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
         cond = self._labels(n, generator)
-        x0 = torch.randn((n, *self.shape), generator=generator)
+        x0 = torch.randn((n, *self.shape), generator=generator, device=self.device)
         res = integrate(model, x0, solver=self.cfg.rollout_solver, steps=self.cfg.rollout_steps, sigma=self.sigma,
                         cond=cond, generator=generator)
         return res.x.clone(), cond
@@ -176,7 +185,7 @@ class RewardWeightedObjective:
         """x1 ``[B, *D]``, its conditions, rewards ``[B]`` and validity for this step."""
         b = self.cfg.train.batch_size
         if self.offline is not None:
-            idx = torch.randint(0, self.offline["x"].shape[0], (b,), generator=generator)
+            idx = torch.randint(0, self.offline["x"].shape[0], (b,), generator=generator, device=self.device)
             cond = {"y": self.offline["y"][idx]} if "y" in self.offline else {}
             return self.offline["x"][idx], cond, self.offline["r"][idx], self.offline["valid"][idx]
         if self.policy is None:
@@ -211,26 +220,29 @@ class RewardWeightedObjective:
         """
         x1, cond, r, valid = self.next_batch(model, step, generator)
         w = self.weights(r, valid)
-        x0 = torch.randn(x1.shape, generator=generator)
+        x0 = torch.randn(x1.shape, generator=generator, device=x1.device)
         pairs = self.coupling(x0, x1, generator=generator)
         if not self.cfg.misaligned_weights:
             w = w[pairs.index1]
         cond = {k: v[pairs.index1] for k, v in cond.items()}
-        t = self.time_sampler.sample(x1.shape[0], generator=generator)
+        t = self.time_sampler.sample(x1.shape[0], generator=generator, device=x1.device)
         s = self.path.sample(pairs.x0, pairs.x1, t, generator=generator)
         return s, w, cond, r, valid
 
     def loss(self, model: nn.Module, *, step: int, generator: torch.Generator) -> StepOutput:
         s, w, cond, r, valid = self.weighted_batch(model, step, generator)
-        pred = model(s.t, s.x_t, **cond)
+        pred = model(s.t, s.x_t, **cond).float()  # the loss in float32 under autocast
         with torch.no_grad():
-            ref = self.reference(s.t, s.x_t, **cond)
-        loss, w2_term = orw_loss(pred, s.target, ref, w, alpha=self.alpha)
-        w2_value = mean_across_ranks(float(w2_term.detach()))  # the dual variable must agree across ranks
-        self.w2_running = w2_value if self.w2_running is None else 0.95 * self.w2_running + 0.05 * w2_value
+            ref = self.reference(s.t, s.x_t, **cond).float()
         alpha_used = self.alpha
+        loss, w2_term = orw_loss(pred, s.target, ref, w, alpha=alpha_used if isinstance(alpha_used, float)
+                                 else alpha_used.to(pred.dtype))
+        # the dual variable must agree across ranks: the W2 term averaged over them (on the device)
+        w2_value = mean_across_ranks(w2_term.detach().to(self._stat_dtype))
+        self.w2_running = w2_value if self.w2_running is None else 0.95 * self.w2_running + 0.05 * w2_value
         if self.cfg.w2_budget is not None:
-            self.alpha = max(0.0, self.alpha + self.cfg.dual_lr * (w2_value / self.cfg.w2_budget - 1.0))
+            step_size = self.cfg.dual_lr * (w2_value / self.cfg.w2_budget - 1.0)
+            self.alpha = (self.alpha + step_size).clamp_min(0.0)
         rv = r[valid]
         metrics: dict[str, Tensor | float] = {
             "reward": rv.mean(), "reward_std": rv.std() if rv.numel() > 1 else 0.0,
@@ -242,14 +254,22 @@ class RewardWeightedObjective:
 
     # -- state for resume -------------------------------------------------------
 
+    def final_alpha(self) -> float:
+        return float(self.alpha)
+
     def state_dict(self) -> dict[str, Any]:
-        return {"alpha": self.alpha, "w2_running": self.w2_running, "bad_total": self.bad_total,
+        running = None if self.w2_running is None else float(self.w2_running)
+        return {"alpha": float(self.alpha), "w2_running": running, "bad_total": self.bad_total,
                 "policy": self.policy.state_dict() if self.policy is not None else None, "offline": self.offline}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.alpha, self.w2_running, self.bad_total = state["alpha"], state["w2_running"], state["bad_total"]
+        self.bad_total = state["bad_total"]
+        self.alpha = state["alpha"] if self.cfg.w2_budget is None else \
+            torch.tensor(state["alpha"], dtype=self._stat_dtype, device=self.device)
+        self.w2_running = None if state["w2_running"] is None else \
+            torch.tensor(state["w2_running"], dtype=self._stat_dtype, device=self.device)
         if state.get("offline") is not None:
-            self.offline = state["offline"]
+            self.offline = {k: v.to(self.device) for k, v in state["offline"].items()}
         if state.get("policy") is not None:
             if self.policy is None:
                 self._pending_policy = state["policy"]  # loaded when the policy is made from the model
@@ -270,15 +290,16 @@ def align(config: AlignConfig, out: str | Path | None, *, progress: str = "auto"
     problems = config.validate()
     if problems:
         raise ConfigError.listing(problems)
-    base = load_base(config.base, prompt=config.prompt)
+    device = run_device(config.train)
+    base = load_base(config.base, prompt=config.prompt, device=device)
     reward = build_reward(config.reward)
-    ctx = run_context(config.train, desc="align")  # seeded here: the LoRA init and the trained copy follow
+    ctx = run_context(config.train, device=device, desc="align")  # seeded here: the LoRA init and the copy follow
     prepared = prepare_model(base, lora_rank=config.lora_rank, lora_alpha=config.lora_alpha)
     condition = base.condition if base.prompt_embeds else None
     local = dataclasses.replace(config, train=ctx.train)
     objective = RewardWeightedObjective(
         reference=prepared.reference, reward=reward, config=local, decode=base.decode, shape=base.shape,
-        sigma=base.sigma, num_classes=base.num_classes, generator=ctx.generator, condition=condition,
+        sigma=base.sigma, num_classes=base.num_classes, generator=ctx.generator, condition=condition, device=device,
     )
     if evaluate is None:
         evaluators: list[AlignEvaluator] = []
@@ -288,11 +309,12 @@ def align(config: AlignConfig, out: str | Path | None, *, progress: str = "auto"
                 evaluators.append(AlignEvaluator(
                     reference=prepared.reference, metrics=SampleMetrics(reward=reward, reward_timeout=config.reward_timeout),
                     decode=base.decode, shape=base.shape, n=config.eval_samples, solver=config.eval_solver,
-                    steps=config.eval_steps, sigma=base.sigma, num_classes=base.num_classes, condition=condition))
+                    steps=config.eval_steps, sigma=base.sigma, num_classes=base.num_classes, condition=condition,
+                    device=device))
             return evaluators[0](trainer)
     settings = asdict(config)
     settings["reward"] = config.reward if isinstance(config.reward, str) else reward_name(reward)
-    run_config = run_header("align", prepared.spec, settings, config.train.seed, align_method=config.method,
+    run_config = run_header("align", prepared.spec, settings, config.train.seed, device=device, align_method=config.method,
                             base=base_name(config.base), data=base.config["data"], path=base.config["path"])
     if "condition" in base.config:
         run_config["condition"] = base.config["condition"]
@@ -304,7 +326,8 @@ def align(config: AlignConfig, out: str | Path | None, *, progress: str = "auto"
     trainer = fit(prepared.model, objective, config.train, generator=ctx.generator, out=out_dir,
                   run_config=run_config, progress=progress, desc=f"align:{config.method}", resume=resume,
                   evaluate=evaluate, eval_every=config.eval_every, dist=ctx.dist)
-    final = {**trainer.last_eval, "final_alpha": objective.alpha, "w2_bound_running": objective.w2_running,
+    final = {**trainer.last_eval, "final_alpha": objective.final_alpha(),
+             "w2_bound_running": None if objective.w2_running is None else float(objective.w2_running),
              "bad_rewards_skipped": objective.bad_total, "steps": trainer.step}
     if ctx.dist.enabled:
         final["ranks_in_sync"] = trainer.ranks_in_sync

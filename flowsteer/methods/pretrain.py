@@ -24,7 +24,7 @@ from ..models import build_model, default_model_spec
 from ..paths import ProbabilityPath, TimeSampler, build_path
 from ..runs import Run
 from ..training import StepOutput
-from .common import finish_run, fit, run_context, run_header
+from .common import finish_run, fit, run_context, run_device, run_header
 from .configs import PretrainConfig
 
 __all__ = ["CFMObjective", "PretrainConfig", "pretrain"]
@@ -61,20 +61,20 @@ class CFMObjective:
 
     def loss(self, model: nn.Module, *, step: int, generator: torch.Generator) -> StepOutput:
         b = self.batch_size
-        idx = torch.randint(0, self.x.shape[0], (b,), generator=generator)
+        idx = torch.randint(0, self.x.shape[0], (b,), generator=generator, device=self.x.device)
         x1 = self.x[idx]
-        x0 = torch.randn(x1.shape, generator=generator)
+        x0 = torch.randn(x1.shape, generator=generator, device=x1.device)
         pairs = self.coupling(x0, x1, generator=generator)
-        t = self.time_sampler.sample(b, generator=generator)
+        t = self.time_sampler.sample(b, generator=generator, device=x1.device)
         sample = self.path.sample(pairs.x0, pairs.x1, t, generator=generator)
         cond: dict[str, Tensor] = {}
         if self.conditional:
             y = self.labels[idx][pairs.index1]
             if self.label_dropout > 0:
-                drop = torch.rand(b, generator=generator) < self.label_dropout
+                drop = torch.rand(b, generator=generator, device=x1.device) < self.label_dropout
                 y = torch.where(drop, torch.full_like(y, self.num_classes), y)
             cond["y"] = y
-        pred = model(sample.t, sample.x_t, **cond)
+        pred = model(sample.t, sample.x_t, **cond).float()  # the loss in float32 under autocast
         return StepOutput(loss=((pred - sample.target) ** 2).mean())
 
 
@@ -119,17 +119,20 @@ def pretrain(
             raise ConfigError(f"--width sizes the built-in networks; drop it with --model {config.model} (its size "
                               "comes from its own config)")
         spec["hidden" if spec["kind"] == "mlp" else "base_channels"] = int(config.width)
-    ctx = run_context(config.train, desc="pretrain", multi_process=False)
+    device = run_device(config.train)
+    ctx = run_context(config.train, device=device, desc="pretrain", multi_process=False)
     path = build_path(config.sigma)
-    model = build_model(spec)
-    objective = CFMObjective(
-        data.normalizer.encode(data.train.x), path=path, coupling=build_coupling(config.coupling),
-        time_sampler=TimeSampler(config.time_sampler), batch_size=ctx.train.batch_size, labels=data.train.labels,
+    with torch.device(device):
+        model = build_model(spec)
+    labels = data.train.labels.to(device) if data.train.labels is not None else None
+    objective = CFMObjective(  # the whole (normalised) training set lives on the device
+        data.normalizer.encode(data.train.x).to(device), path=path, coupling=build_coupling(config.coupling),
+        time_sampler=TimeSampler(config.time_sampler), batch_size=ctx.train.batch_size, labels=labels,
         conditional=config.conditional, label_dropout=config.label_dropout, num_classes=num_classes,
     )
     data_config = {"spec": config.data, "shape": list(data.train.shape), "num_classes": data.train.num_classes,
                    "n_train": len(data.train), "n_heldout": len(data.heldout), "normalizer": data.normalizer.to_config()}
-    run_config = run_header("pretrain", spec, asdict(config), config.train.seed, data=data_config,
+    run_config = run_header("pretrain", spec, asdict(config), config.train.seed, device=device, data=data_config,
                             path=path.to_config())
     out_dir = Path(out) if out is not None else None
     trainer = fit(model, objective, config.train, generator=ctx.generator, out=out_dir, run_config=run_config,

@@ -29,7 +29,8 @@ from .protocol import VelocityModel, XTModel
 from .unet import UNetVelocity
 
 
-__all__ = ["MLPVelocity", "UNetVelocity", "VelocityModel", "XTModel", "build_model", "default_model_spec", "MODEL_KINDS"]
+__all__ = ["MLPVelocity", "UNetVelocity", "VelocityModel", "XTModel", "build_model", "default_model_spec",
+           "enable_gradient_checkpointing", "MODEL_KINDS"]
 
 
 def default_model_spec(kind: str, shape: tuple[int, ...], *, num_classes: int = 0) -> dict[str, Any]:
@@ -106,3 +107,12 @@ def _build_module(spec: dict[str, Any]) -> nn.Module:
     if spec.get("call", "t,x") == "x,t":
         return XTModel(net, cond_keys=("y",) if spec.get("num_classes") else ())
     return net
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Recompute activations in backward (diffusers models), or a one-line error for networks without it."""
+    inner = next((m for m in model.modules() if hasattr(m, "enable_gradient_checkpointing")), None)
+    if inner is None:
+        raise ConfigError(f"--gradient-checkpointing works with diffusers models (UNet2DModel, SD3); this network "
+                          f"({type(model).__name__}) has no checkpointing - drop the option")
+    inner.enable_gradient_checkpointing()

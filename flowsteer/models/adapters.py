@@ -189,8 +189,10 @@ class VaeDecoder:
         return torch.cat(out)
 
 
-def build_decoder(spec: dict[str, Any]) -> VaeDecoder:
+def build_decoder(spec: dict[str, Any], *, device: torch.device | str = "cpu") -> VaeDecoder:
+    """The decoder of a latent run's ``config.json`` (``data.decoder``), on ``device`` (where the latents are)."""
     diffusers = require("diffusers", "diffusers")
     if spec.get("kind") != "vae":
         raise ConfigError(f"unknown decoder {spec.get('kind')!r} in the run's config; expected vae")
-    return VaeDecoder(diffusers.AutoencoderKL.from_pretrained(spec["pretrained"], subfolder=spec.get("subfolder")))
+    vae = diffusers.AutoencoderKL.from_pretrained(spec["pretrained"], subfolder=spec.get("subfolder"))
+    return VaeDecoder(vae.to(device))

@@ -44,7 +44,7 @@ class XTModel(nn.Module):
 def sinusoidal_embedding(t: Tensor, dim: int, *, max_period: float = 10_000.0) -> Tensor:
     """Transformer-style features of ``t`` (``[B]`` -> ``[B, dim]``), t scaled by 1000."""
     half = dim // 2
-    freqs = torch.exp(-torch.log(torch.tensor(max_period)) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    freqs = torch.exp(-torch.log(torch.tensor(max_period, device=t.device)) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
     args = 1000.0 * t.float()[:, None] * freqs[None]
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
     if dim % 2:

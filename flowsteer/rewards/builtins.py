@@ -57,7 +57,7 @@ class JpegSizeReward:
             buf = io.BytesIO()
             im.save(buf, format="JPEG", quality=self.quality)
             sizes.append(buf.tell() / 1000.0)
-        return self.sign * torch.tensor(sizes, dtype=torch.float32)
+        return self.sign * torch.tensor(sizes, dtype=torch.float32, device=x.device)
 
 
 class TargetReward:
@@ -71,7 +71,7 @@ class TargetReward:
         a = self.target
         if a.shape != x.shape[1:] and a.numel() != x[0].numel():
             raise RewardError(f"reward {self.name!r}: target has shape {tuple(a.shape)} but samples have {tuple(x.shape[1:])}")
-        diff = x.reshape(x.shape[0], -1).float() - a.reshape(1, -1)
+        diff = x.reshape(x.shape[0], -1).float() - a.reshape(1, -1).to(x.device)
         return -(diff**2).sum(dim=1)
 
 
@@ -148,7 +148,7 @@ def _load_target(spec: str) -> TargetReward:
             raise RewardError(f"cannot read target {arg!r}; give a .npy file or numbers like target:1.5,0") from None
     if not np.isfinite(a).all():
         raise RewardError(f"target {arg!r} contains NaN or inf")
-    return TargetReward(torch.as_tensor(a, dtype=torch.float32), spec)
+    return TargetReward(torch.as_tensor(a, dtype=torch.float32, device="cpu"), spec)
 
 
 def _single(spec: str) -> Any:

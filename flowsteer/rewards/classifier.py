@@ -56,7 +56,7 @@ def digit_logreg() -> tuple[Tensor, Tensor]:
                     np.savez(fh, coef=coef, intercept=intercept)
         except OSError:
             pass  # a read-only home still works, just without the disk cache
-    return torch.tensor(coef, dtype=torch.float32), torch.tensor(intercept, dtype=torch.float32)
+    return torch.from_numpy(np.asarray(coef, dtype=np.float32)), torch.from_numpy(np.asarray(intercept, dtype=np.float32))
 
 
 def digit_logits(x: Tensor) -> Tensor:

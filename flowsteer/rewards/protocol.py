@@ -79,7 +79,8 @@ def score(reward: Any, x: Tensor, cond: dict[str, Tensor] | None = None, *, time
     """
     name = reward_name(reward)
     try:
-        out = _call_with_timeout(lambda: reward(x, **cond) if cond else reward(x), timeout)
+        sample = x.detach().clone()  # a copy: a reward that edits its input cannot touch training or metrics
+        out = _call_with_timeout(lambda: reward(sample, **cond) if cond else reward(sample), timeout)
     except _RewardTimeout:
         at = f" at step {step}" if step is not None else ""
         raise RewardError(f"reward {name!r} took longer than --reward-timeout {timeout:g} s on {x.shape[0]} samples{at}; "
@@ -90,9 +91,11 @@ def score(reward: Any, x: Tensor, cond: dict[str, Tensor] | None = None, *, time
         raise RewardError(f"reward {name!r} raised {type(exc).__name__}: {exc}{_origin(exc)}") from exc
     try:
         if isinstance(out, Tensor):
-            r = out.detach().to("cpu", torch.float32)
+            if out.device.type == "meta":
+                raise TypeError("a tensor on the meta device")
+            r = out.detach().to(x.device, torch.float32)
         else:
-            r = torch.as_tensor(np.asarray(out, dtype=np.float64), dtype=torch.float32)
+            r = torch.from_numpy(np.asarray(out, dtype=np.float64)).to(x.device, torch.float32)
     except (TypeError, ValueError):
         raise RewardError(f"reward {name!r} returned {type(out).__name__}; it must return one number per sample") from None
     r = r.reshape(-1) if r.dim() == 2 and 1 in r.shape else r
