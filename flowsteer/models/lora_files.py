@@ -80,7 +80,7 @@ def peft_state(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def from_peft_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """The inverse of :func:`peft_state`; keys without the prefix (flowsteer's files before issue 19) pass as they are."""
+    """The inverse of :func:`peft_state`; keys without the prefix (flowsteer's older run folders) pass unchanged."""
     if state and all(k.startswith(PEFT_MODEL_PREFIX) for k in state):
         return {k[len(PEFT_MODEL_PREFIX):]: v for k, v in state.items()}
     return dict(state)
