@@ -22,6 +22,7 @@ from ..checkpoints import RunWriter, load_trainer_state, resolve_checkpoint
 from ..config import TrainConfig
 from ..distributed import Distributed, setup
 from ..errors import ConfigError
+from ..export import export_finished_run
 from ..io import atomic_write_json
 from ..models import build_model
 from ..models.lora import AdapterDisabled, add_lora, lora_spec
@@ -158,8 +159,13 @@ def finish_run(trainer: Trainer, run_config: dict[str, Any], out: Path | None, *
                final: dict[str, Any] | None = None, dist: Distributed | None = None,
                plots: Callable[[Path], None] | None = None, prompt_embeds: dict[str, torch.Tensor] | None = None) -> Run:
     """The epilogue every method shares: ``config.json`` (with ``final``), ``final_metrics.json``, the LoRA
-    adapter in peft's format and the method's plots (rank 0 only); returns the trained run, holding its
-    sampling weights (the EMA when enabled)."""
+    adapter (peft's format, and diffusers' for SD3) and the method's plots, then for a LoRA run of a diffusers
+    base its export in ``diffusers/`` (rank 0 only); returns the trained run, holding its sampling weights
+    (the EMA when enabled).
+
+    The export comes last and its failure is recorded, not raised: the run's own files are complete by
+    then, and ``flowsteer export`` can write it again.
+    """
     dist = dist or Distributed()
     if final is not None:
         run_config["final"] = final
@@ -169,7 +175,8 @@ def finish_run(trainer: Trainer, run_config: dict[str, Any], out: Path | None, *
         if final is not None:
             atomic_write_json(out / FINAL_METRICS_FILE, final)
         if spec.get("lora"):
-            save_adapter(out, trainer.model, spec["lora"], weights=trainer.sampling_state_dict())
+            save_adapter(out, trainer.model, spec["lora"], weights=trainer.sampling_state_dict(),
+                         kind=spec.get("kind"))
         if plots is not None:
             plots(out)
     if spec.get("lora"):  # the trained network itself, holding its sampling adapter weights
@@ -179,7 +186,17 @@ def finish_run(trainer: Trainer, run_config: dict[str, Any], out: Path | None, *
         sampler = build_model(spec)
         sampler.load_state_dict(trainer.sampling_state_dict())
         sampler.eval()
-    return Run(model=sampler, config=config, path=out, prompt_embeds=prompt_embeds)
+    run = Run(model=sampler, config=config, path=out, prompt_embeds=prompt_embeds)
+    if out is not None and dist.is_main:
+        try:
+            note = export_finished_run(out, run)
+        except Exception as exc:  # noqa: BLE001 - the run is saved; say why its export is missing instead
+            first = (str(exc).splitlines() or [""])[0][:200]
+            note = {"failed": f"{type(exc).__name__}: {first}; write it with flowsteer export {out} --out DIR"}
+        if note is not None:
+            config["diffusers_export"] = note
+            write_config(out, config)
+    return run
 
 
 def start_run_folder(out: Path | None, prompt_embeds: dict[str, torch.Tensor] | None, dist: Distributed) -> None:
