@@ -143,6 +143,14 @@ def _check_out_dir(out: Path, resume: str | None) -> None:
         raise ConfigError(f"--out {str(out)!r} already holds a run; pass --resume to continue it or choose another --out")
 
 
+def _check_init_lora(config: Any) -> None:
+    """A clear error before any work if ``--init-lora`` cannot be read or disagrees with --lora-rank/--lora-alpha."""
+    if config.init_lora is not None:
+        from .methods.common import check_init_lora
+
+        check_init_lora(config.init_lora, lora_rank=config.lora_rank, lora_alpha=config.lora_alpha)
+
+
 def _diffusers_note(run: Any) -> str:
     """What the end of a LoRA run of a diffusers base wrote for diffusers (``config.json``'s ``diffusers_export``)."""
     note = run.config.get("diffusers_export")
@@ -208,6 +216,7 @@ def cmd_align(p: Parsed) -> int:
         raise ConfigError.listing(problems)
     base_config(config.base, prompt=config.prompt)  # a clear error before any work if --base or --prompt is wrong
     build_reward(config.reward)  # likewise for an unknown or unloadable reward
+    _check_init_lora(config)
     if len(alphas) > 1:
         if target.resume:
             raise ConfigError("--resume continues one run; resume a sweep's runs one at a time (--out DIR/alpha-A)")
@@ -241,6 +250,7 @@ def cmd_adapt(p: Parsed) -> int:
     _check_out_dir(out, target.resume)
     _validated(config)
     base_config(config.base, prompt=config.prompt)
+    _check_init_lora(config)
     if config.method == "gft" and config.final_fraction == 0:
         print("flowsteer: warning: --final-fraction 0: the schedule never reaches tau = 0, so the model stops at a "
               "blend of the base and the target; give --final-fraction > 0 to reach the target", file=sys.stderr)

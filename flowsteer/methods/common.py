@@ -26,6 +26,7 @@ from ..export import export_finished_run
 from ..io import atomic_write_json
 from ..models import build_model
 from ..models.lora import AdapterDisabled, add_lora, lora_spec
+from ..models.lora_files import init_lora as load_lora_file, read_lora
 from ..models.weights import load_trainable_state_dict
 from ..progress import Progress
 from ..runs import FINAL_METRICS_FILE, Run, save_adapter, save_prompt_embeds, write_config
@@ -76,16 +77,39 @@ class PreparedModel:
     spec: dict[str, Any]
 
 
-def prepare_model(base: Run, *, lora_rank: int = 0, lora_alpha: float | None = None) -> PreparedModel:
-    """Full fine-tuning (a copy of the base's weights, the base as reference) or rank-``lora_rank`` LoRA."""
+def check_init_lora(path: str, *, lora_rank: int = 0, lora_alpha: float | None = None) -> dict[str, Any]:
+    """The LoRA spec of ``--init-lora PATH`` (read from the file), checked against --lora-rank and --lora-alpha."""
+    _, spec = read_lora(path)
+    if lora_rank not in (0, spec["r"]):
+        raise ConfigError(f"--init-lora {path!r} has rank {spec['r']}, --lora-rank says {lora_rank}; drop --lora-rank "
+                          "(the rank comes from the file)")
+    if lora_alpha is not None and float(lora_alpha) != spec["lora_alpha"]:
+        raise ConfigError(f"--init-lora {path!r} has lora_alpha {spec['lora_alpha']:g}, --lora-alpha says "
+                          f"{lora_alpha:g}; drop --lora-alpha (the scale comes from the file)")
+    return spec
+
+
+def prepare_model(base: Run, *, lora_rank: int = 0, lora_alpha: float | None = None,
+                  init_lora: str | None = None) -> PreparedModel:
+    """Full fine-tuning (a copy of the base's weights, the base as reference) or rank-``lora_rank`` LoRA.
+
+    ``init_lora``: a LoRA file or folder (diffusers' or peft's format, or a flowsteer LoRA run) to start the
+    adapters from instead of a fresh one; its rank and alpha are the run's.  The reference is still the
+    base without adapters.
+    """
     spec = dict(base.config["model"])
-    if lora_rank:
+    if lora_rank or init_lora:
         if spec.get("lora"):
-            raise ConfigError("--lora-rank: the base already carries a LoRA adapter; fine-tune it without --lora-rank "
+            flag = "--init-lora" if init_lora else "--lora-rank"
+            raise ConfigError(f"{flag}: the base already carries a LoRA adapter; fine-tune it without {flag} "
                               "(that trains its adapter further)")
         model = base.model  # one network: the adapters train, and with them disabled it is the reference
-        spec["lora"] = lora_spec(model, rank=lora_rank, alpha=lora_alpha)
-        add_lora(model, spec["lora"])
+        if init_lora:
+            check_init_lora(init_lora, lora_rank=lora_rank, lora_alpha=lora_alpha)
+            spec["lora"] = load_lora_file(model, init_lora)
+        else:
+            spec["lora"] = lora_spec(model, rank=lora_rank, alpha=lora_alpha)
+            add_lora(model, spec["lora"])
         model.train()
         return PreparedModel(model=model, reference=AdapterDisabled(model), spec=spec)
     model = build_model(spec)
