@@ -6,6 +6,7 @@
     flowsteer adapt    --base RUN_DIR --target NAME|PATH --out DIR [options]
     flowsteer evaluate --model RUN_DIR [--reward SPEC] [--reference RUN_DIR] [--target NAME|PATH] --json FILE
     flowsteer report   RUN_DIR... --out DIR
+    flowsteer export   RUN_DIR --out DIR [--format diffusers|peft] [--merge] [--lora-metadata]
     flowsteer demo     [--out DIR] [--fast]
 
 Every option is a field of a settings dataclass (:mod:`flowsteer.config`, :mod:`flowsteer.methods.configs`):
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from . import __version__
-from .config import DemoConfig, Display, EvaluationConfig, ReportConfig, RunOutput, SampleConfig
+from .config import DemoConfig, Display, EvaluationConfig, ExportConfig, ReportConfig, RunOutput, SampleConfig
 from .errors import ConfigError, FlowsteerError
 from .methods.configs import AdaptConfig, AlignConfig, PretrainConfig
 from .options import Option, add_options, build_settings, config_argv, config_mapping, options_of
@@ -142,6 +143,24 @@ def _check_out_dir(out: Path, resume: str | None) -> None:
         raise ConfigError(f"--out {str(out)!r} already holds a run; pass --resume to continue it or choose another --out")
 
 
+def _check_init_lora(config: Any) -> None:
+    """A clear error before any work if ``--init-lora`` cannot be read or disagrees with --lora-rank/--lora-alpha."""
+    if config.init_lora is not None:
+        from .methods.common import check_init_lora
+
+        check_init_lora(config.init_lora, lora_rank=config.lora_rank, lora_alpha=config.lora_alpha)
+
+
+def _diffusers_note(run: Any) -> str:
+    """What the end of a LoRA run of a diffusers base wrote for diffusers (``config.json``'s ``diffusers_export``)."""
+    note = run.config.get("diffusers_export")
+    if not note:
+        return ""
+    if "load" in note:
+        return f"; diffusers: {note['load']}"
+    return f"; no diffusers export: {note.get('skipped') or note.get('failed')}"
+
+
 def _validated(config: Any) -> Any:
     problems = config.validate()
     if problems:
@@ -198,6 +217,7 @@ def cmd_align(p: Parsed) -> int:
         raise ConfigError.listing(problems)
     base_config(config.base, prompt=config.prompt)  # a clear error before any work if --base or --prompt is wrong
     build_reward(config.reward)  # likewise for an unknown or unloadable reward
+    _check_init_lora(config)
     if len(alphas) > 1:
         if target.resume:
             raise ConfigError("--resume continues one run; resume a sweep's runs one at a time (--out DIR/alpha-A)")
@@ -217,7 +237,7 @@ def cmd_align(p: Parsed) -> int:
     p.say(f"saved run to {out}: reward {f['reward_mean']:.3f} (std {f['reward_std']:.3f})"
           + (f", class entropy {f['class_entropy']:.3f}" if "class_entropy" in f else "")
           + f", W2 to base {f['w2_to_reference']:.3f}"
-          + (f", alpha settled at {f['final_alpha']:.4g}" if config.w2_budget is not None else ""))
+          + (f", alpha settled at {f['final_alpha']:.4g}" if config.w2_budget is not None else "") + _diffusers_note(run))
     return 0
 
 
@@ -231,6 +251,7 @@ def cmd_adapt(p: Parsed) -> int:
     _check_out_dir(out, target.resume)
     _validated(config)
     base_config(config.base, prompt=config.prompt)
+    _check_init_lora(config)
     if config.method == "gft" and config.final_fraction == 0:
         print("flowsteer: warning: --final-fraction 0: the schedule never reaches tau = 0, so the model stops at a "
               "blend of the base and the target; give --final-fraction > 0 to reach the target", file=sys.stderr)
@@ -242,7 +263,7 @@ def cmd_adapt(p: Parsed) -> int:
     few = 4 if 4 in nfes else nfes[0]
     p.say(f"saved run to {out}: W2 to target {f.get(f'w2_to_target_nfe{nfes[-1]}', float('nan')):.3f} at {nfes[-1]} "
           f"NFE, {f.get(f'w2_to_target_nfe{few}', float('nan')):.3f} at {few} NFE"
-          + (f", path length {f['path_length']:.3f}" if "path_length" in f else ""))
+          + (f", path length {f['path_length']:.3f}" if "path_length" in f else "") + _diffusers_note(run))
     return 0
 
 
@@ -265,6 +286,16 @@ def cmd_report(p: Parsed) -> int:
     config = p[ReportConfig]
     index = write_report([Path(r) for r in config.runs], Path(config.out), title=config.title, say=p.say)
     p.say(f"report: {index.resolve()}")
+    return 0
+
+
+def cmd_export(p: Parsed) -> int:
+    from .export import export_run
+    from .runs import MODEL_CARD_FILE
+
+    exported = export_run(p[ExportConfig])
+    p.say(f"wrote the {exported.layout} export to {exported.path} (model card: {MODEL_CARD_FILE}); load it with "
+          f"{exported.load}")
     return 0
 
 
@@ -297,6 +328,10 @@ COMMANDS: dict[str, Command] = {
                       "Write a self-contained HTML page (and the PNGs it shows) comparing run folders: samples beside "
                       "their reference, training curves, the Pareto plot of a sweep, metric-vs-NFE curves and a table "
                       "of final metrics.  Opens from disk, no network.", (ReportConfig, Display), cmd_report),
+    "export": Command("a run as files that diffusers and peft load",
+                      "Write a run on a diffusers base as a diffusers LoRA file (pipe.load_lora_weights), a merged "
+                      "diffusers model folder (from_pretrained) or a peft adapter (PeftModel.from_pretrained), with a "
+                      "model card README.md that shows how to load it.", (ExportConfig, Display), cmd_export),
     "demo": Command("the main job: pretrain, align, adapt, evaluate and report on digits",
                     "Pretrain on sklearn's 8x8 digits, align toward even digits at alpha = 0 and the default alpha, "
                     "adapt digits 0-4 to 5-9 with GFT and SFT, evaluate every run and write an HTML report.",

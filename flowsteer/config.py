@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import MISSING, dataclass, field
+from pathlib import Path
 from typing import Any
 
 SOLVERS = ("euler", "heun", "midpoint", "euler-maruyama", "dopri5")
@@ -23,6 +24,7 @@ ADAPT_METHODS = ("gft", "sft")
 SCHEDULES = ("geometric", "linear", "cosine")
 LOGGERS = ("jsonl", "tensorboard")
 PRECISIONS = ("fp32", "bf16", "fp16", "fp32-strict")
+EXPORT_FORMATS = ("diffusers", "peft")
 # The documented default alpha: on the even-digits task it keeps P(even) >= 0.95 with class entropy
 # >= 1.45 nats (docs/results.md); alpha = 0 collapses, alpha = 1 barely moves the reward.
 ALIGN_DEFAULT_ALPHA = 0.15
@@ -226,3 +228,42 @@ class DemoConfig:
 
     def validate(self) -> list[str]:
         return []
+
+
+@dataclass
+class ExportConfig:
+    """``flowsteer export``: a run as files that diffusers and peft load (see :mod:`flowsteer.export`)."""
+
+    run: str = option("", positional=True, metavar="RUN",
+                      help="the run folder to export (the --out of flowsteer align, adapt or pretrain on a diffusers "
+                           "base)")
+    out: str = option("", required=True, metavar="DIR",
+                      help="the folder to write; it must not exist yet or be empty (nothing in it is overwritten)")
+    format: str = option("diffusers", choices=EXPORT_FORMATS,
+                         help="diffusers: an SD3 LoRA file for pipe.load_lora_weights(OUT), or a model folder for "
+                              "from_pretrained(OUT) (merged or fully fine-tuned runs); peft: adapter_model.safetensors "
+                              "+ adapter_config.json for PeftModel.from_pretrained(network, OUT)")
+    merge: bool = option(False, help="merge the LoRA into the base weights and write a diffusers model folder "
+                                     "(SD3Transformer2DModel / UNet2DModel.from_pretrained(OUT)) instead of a LoRA "
+                                     "file")
+    lora_metadata: bool = option(False, help="keep lora_B as trained and record r and lora_alpha in the file's "
+                                             "lora_adapter_metadata header (diffusers reads it) instead of folding "
+                                             "lora_alpha / r into lora_B")
+
+    def validate(self) -> list[str]:
+        p = []
+        if not str(self.run).strip():
+            p.append("RUN is required: pass the run folder to export")
+        if not str(self.out).strip():
+            p.append("--out is required: pass a new or empty folder to write the export to")
+        check_choice(p, "format", self.format, EXPORT_FORMATS)
+        if not isinstance(self.merge, bool) or not isinstance(self.lora_metadata, bool):
+            p.append("--merge and --lora-metadata are switches (true or false)")
+        if self.merge and self.format == "peft":
+            p.append("--merge writes a diffusers model folder, --format peft an unmerged adapter; drop one of them")
+        if self.lora_metadata and (self.merge or self.format == "peft"):
+            p.append("--lora-metadata describes the diffusers LoRA file; a merged or peft export has none (peft "
+                     "keeps lora_alpha in adapter_config.json): drop --lora-metadata")
+        if str(self.run).strip() and str(self.out).strip() and Path(self.run).resolve() == Path(self.out).resolve():
+            p.append("--out is the run folder itself; pass a new folder for the export")
+        return p

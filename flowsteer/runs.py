@@ -10,9 +10,15 @@ A run folder holds::
                          EMA, RNG states, step, the method's own state); the newest ``keep_last``
     latest               the name of the newest complete checkpoint folder
     prompt_embeds.safetensors   text-conditioned runs: the prompt's encoder states (config ``condition``)
-    adapter_model.safetensors + adapter_config.json   LoRA runs: the adapter in peft's format (the
-                         model.safetensors of a LoRA run holds the adapter tensors only; the base
-                         weights come from the spec's ``pretrained`` folder)
+    adapter_model.safetensors + adapter_config.json   LoRA runs: the adapter in peft's format, keyed as
+                         ``PeftModel.save_pretrained`` keys it, so ``PeftModel.from_pretrained(network, RUN)``
+                         loads it (the model.safetensors of a LoRA run holds the adapter tensors only; the
+                         base weights come from the spec's ``pretrained`` folder)
+    pytorch_lora_weights.safetensors   SD3 LoRA runs: the adapter as a diffusers LoRA file (keys
+                         ``transformer.*``, the scale folded into lora_B), the one file diffusers picks, so
+                         ``pipe.load_lora_weights(RUN)`` applies it
+    diffusers/           LoRA runs of a diffusers base: the export of :mod:`flowsteer.export` (the LoRA
+                         file or a merged model folder, and a model card ``README.md``)
 
 Every file is written atomically (temporary file + rename); a checkpoint folder is assembled under
 a temporary name and renamed into place, and ``latest`` moves only after that.
@@ -35,6 +41,7 @@ from .io import append_jsonl, atomic_path, atomic_write_json
 from .models import build_model
 from .models.adapters import build_decoder
 from .models.lora import adapter_tensors, inject_saved_adapter, peft_config
+from .models.lora_files import diffusers_lora_state, from_peft_state, peft_state
 from .models.weights import load_trainable_state_dict
 from .solvers import SampleResult, integrate
 
@@ -51,6 +58,9 @@ EVALUATION_FILE = "evaluation.json"
 PROMPT_FILE = "prompt_embeds.safetensors"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
 ADAPTER_CONFIG_FILE = "adapter_config.json"
+DIFFUSERS_LORA_FILE = "pytorch_lora_weights.safetensors"
+EXPORT_DIR = "diffusers"
+MODEL_CARD_FILE = "README.md"
 TENSORBOARD_DIR = "tensorboard"
 LATEST_FILE, CHECKPOINT_PREFIX = "latest", "checkpoint-"
 SWEEP_FILE = "sweep.json"
@@ -61,10 +71,10 @@ METRICS_VS_STEP_PLOT = "metrics_vs_step.png"
 METRICS_VS_NFE_PLOT = "metrics_vs_nfe.png"
 
 
-def save_weights(path: Path, state: dict[str, Tensor]) -> None:
+def save_weights(path: Path, state: dict[str, Tensor], metadata: dict[str, str] | None = None) -> None:
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp))
+        save_file(tensors, str(tmp), metadata=metadata)
 
 
 def write_config(run_dir: Path, config: dict[str, Any]) -> None:
@@ -233,20 +243,30 @@ def load_run(run_dir: str | Path, *, device: torch.device | str = "cpu") -> Run:
     return Run(model=model, config=cfg, path=run_dir, prompt_embeds=prompt)
 
 
-def save_adapter(run_dir: Path, model: nn.Module, spec: dict[str, Any], weights: dict[str, Tensor] | None = None) -> None:
-    """Write the run's LoRA adapter in peft's format: ``adapter_model.safetensors`` + ``adapter_config.json``.
+def save_adapter(run_dir: Path, model: nn.Module, spec: dict[str, Any], weights: dict[str, Tensor] | None = None,
+                 *, kind: str | None = None) -> None:
+    """Write the run's LoRA adapter where peft, and for an SD3 run (``kind``) diffusers, look for it.
 
-    Keys are relative to the library network, so the adapter loads back into the base with
-    :func:`load_adapter` (peft's ``inject_adapter_in_model`` + ``set_peft_model_state_dict``).
-    ``weights``: the adapter tensors to save (default: the model's own).
+    ``adapter_model.safetensors`` + ``adapter_config.json`` as ``PeftModel.save_pretrained`` writes them
+    (``PeftModel.from_pretrained(network, run_dir)``, or :func:`load_adapter`); for ``kind="diffusers-sd3"``
+    also ``pytorch_lora_weights.safetensors`` (``pipe.load_lora_weights(run_dir)``).  ``spec``: the ``lora``
+    entry of the model spec; ``weights``: the adapter tensors to save (default: the model's own).
     """
-    save_weights(run_dir / ADAPTER_WEIGHTS_FILE, adapter_tensors(model, weights))
+    tensors = adapter_tensors(model, weights)
+    save_weights(run_dir / ADAPTER_WEIGHTS_FILE, peft_state(tensors), metadata={"format": "pt"})
     atomic_write_json(run_dir / ADAPTER_CONFIG_FILE, peft_config(spec))
+    if kind == "diffusers-sd3":
+        state, header = diffusers_lora_state(tensors, spec, kind)
+        save_weights(run_dir / DIFFUSERS_LORA_FILE, state, metadata=header)
 
 
 def load_adapter(network: nn.Module, run_dir: str | Path) -> nn.Module:
-    """Load the peft adapter a LoRA run saved into a base library network (in place), as a peft user would."""
-    return inject_saved_adapter(network, run_dir, load_file(str(Path(run_dir) / ADAPTER_WEIGHTS_FILE)))
+    """Load the peft adapter a LoRA run saved into a base library network (in place), as a peft user would.
+
+    Reads files written before the adapter's keys carried peft's ``base_model.model.`` prefix as well.
+    """
+    tensors = from_peft_state(load_file(str(Path(run_dir) / ADAPTER_WEIGHTS_FILE)))
+    return inject_saved_adapter(network, run_dir, tensors)
 
 
 def save_prompt_embeds(run_dir: Path, embeds: dict[str, Tensor]) -> None:

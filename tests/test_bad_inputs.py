@@ -78,6 +78,18 @@ CASES = [
      "align --base {ws}/run --reward target:1,0 --lora-rank -2 --out {ws}/new", 2, "--lora-rank must be >= 0"),
     ("clip-model-missing", "a CLIP reward whose model folder does not exist",
      "align --base {ws}/run --reward clip:a;model={ws}/noclip --out {ws}/new", 2, "cannot load the CLIP model"),
+    ("export-not-lora", "export of a run that trained flowsteer's own network", "export {ws}/run --out {ws}/new", 2,
+     "flowsteer's own 'mlp' network"),
+    ("export-missing-run", "export of a run folder that does not exist", "export {ws}/nowhere --out {ws}/new", 2,
+     "does not exist"),
+    ("export-out-busy", "export --out that holds other files", "export {ws}/run --out {ws}/mixed", 2,
+     "already holds files"),
+    ("init-lora-mixed-ranks", "--init-lora whose layers have different ranks",
+     "align --base {ws}/run --reward target:1,0 --init-lora {ws}/mixed_ranks.safetensors --out {ws}/new", 2,
+     "different ranks (2, 4)"),
+    ("init-lora-unknown-key", "--init-lora with a key that is no LoRA weight",
+     "align --base {ws}/run --reward target:1,0 --init-lora {ws}/unknown_key.safetensors --out {ws}/new", 2,
+     "unknown key 'transformer.transformer_blocks.0.attn.to_q.alpha'"),
 ]
 
 
@@ -90,8 +102,20 @@ def _write_reward_file(path: Path) -> None:
         "def slow(x):\n    time.sleep(3)\n    return x[:, 0]\n")
 
 
+def _write_lora_files(ws: Path) -> None:
+    """Two diffusers-format LoRA files flowsteer refuses: layers of ranks 4 and 2, and an ``alpha`` tensor."""
+    import torch
+    from safetensors.torch import save_file
+
+    q, k = "transformer.transformer_blocks.0.attn.to_q", "transformer.transformer_blocks.0.attn.to_k"
+    pair = {f"{q}.lora_A.weight": torch.zeros(4, 8), f"{q}.lora_B.weight": torch.zeros(8, 4)}
+    save_file({**pair, f"{k}.lora_A.weight": torch.zeros(2, 8), f"{k}.lora_B.weight": torch.zeros(8, 2)},
+              str(ws / "mixed_ranks.safetensors"))
+    save_file({**pair, f"{q}.alpha": torch.tensor(4.0)}, str(ws / "unknown_key.safetensors"))
+
+
 def build_workspace(ws: Path, run: Path) -> Path:
-    """Everything the cases need: a good run, damaged runs, bad data and config files, reward files."""
+    """Everything the cases need: a good run, damaged runs, bad data, config and LoRA files, reward files."""
     from PIL import Image
 
     ws.mkdir(parents=True, exist_ok=True)
@@ -116,6 +140,7 @@ def build_workspace(ws: Path, run: Path) -> Path:
     latest = (ws / "corrupt" / "latest").read_text().strip()
     (ws / "corrupt" / latest / "trainer_state.pt").write_bytes(b"\x80\x02 not a checkpoint")
     _write_reward_file(ws / "rewards.py")
+    _write_lora_files(ws)
     return ws
 
 

@@ -23,9 +23,11 @@ from ..config import TrainConfig
 from ..devices import precision_problems, resolve_device
 from ..distributed import Distributed, setup
 from ..errors import ConfigError
+from ..export import export_finished_run
 from ..io import atomic_write_json
 from ..models import build_model
 from ..models.lora import AdapterDisabled, add_lora, lora_spec
+from ..models.lora_files import init_lora as load_lora_file, read_lora
 from ..models.weights import load_trainable_state_dict
 from ..progress import Progress
 from ..runs import FINAL_METRICS_FILE, Run, save_adapter, save_prompt_embeds, write_config
@@ -91,16 +93,39 @@ class PreparedModel:
     spec: dict[str, Any]
 
 
-def prepare_model(base: Run, *, lora_rank: int = 0, lora_alpha: float | None = None) -> PreparedModel:
-    """Full fine-tuning (a copy of the base's weights, the base as reference) or rank-``lora_rank`` LoRA."""
+def check_init_lora(path: str, *, lora_rank: int = 0, lora_alpha: float | None = None) -> dict[str, Any]:
+    """The LoRA spec of ``--init-lora PATH`` (read from the file), checked against --lora-rank and --lora-alpha."""
+    _, spec = read_lora(path)
+    if lora_rank not in (0, spec["r"]):
+        raise ConfigError(f"--init-lora {path!r} has rank {spec['r']}, --lora-rank says {lora_rank}; drop --lora-rank "
+                          "(the rank comes from the file)")
+    if lora_alpha is not None and float(lora_alpha) != spec["lora_alpha"]:
+        raise ConfigError(f"--init-lora {path!r} has lora_alpha {spec['lora_alpha']:g}, --lora-alpha says "
+                          f"{lora_alpha:g}; drop --lora-alpha (the scale comes from the file)")
+    return spec
+
+
+def prepare_model(base: Run, *, lora_rank: int = 0, lora_alpha: float | None = None,
+                  init_lora: str | None = None) -> PreparedModel:
+    """Full fine-tuning (a copy of the base's weights, the base as reference) or rank-``lora_rank`` LoRA.
+
+    ``init_lora``: a LoRA file or folder (diffusers' or peft's format, or a flowsteer LoRA run) to start the
+    adapters from instead of a fresh one; its rank and alpha are the run's.  The reference is still the
+    base without adapters.
+    """
     spec = dict(base.config["model"])
-    if lora_rank:
+    if lora_rank or init_lora:
         if spec.get("lora"):
-            raise ConfigError("--lora-rank: the base already carries a LoRA adapter; fine-tune it without --lora-rank "
+            flag = "--init-lora" if init_lora else "--lora-rank"
+            raise ConfigError(f"{flag}: the base already carries a LoRA adapter; fine-tune it without {flag} "
                               "(that trains its adapter further)")
         model = base.model  # one network: the adapters train, and with them disabled it is the reference
-        spec["lora"] = lora_spec(model, rank=lora_rank, alpha=lora_alpha)
-        add_lora(model, spec["lora"])
+        if init_lora:
+            check_init_lora(init_lora, lora_rank=lora_rank, lora_alpha=lora_alpha)
+            spec["lora"] = load_lora_file(model, init_lora)
+        else:
+            spec["lora"] = lora_spec(model, rank=lora_rank, alpha=lora_alpha)
+            add_lora(model, spec["lora"])
         model.train()
         return PreparedModel(model=model, reference=AdapterDisabled(model), spec=spec)
     with torch.device(next(base.model.parameters()).device):
@@ -175,8 +200,13 @@ def finish_run(trainer: Trainer, run_config: dict[str, Any], out: Path | None, *
                final: dict[str, Any] | None = None, dist: Distributed | None = None,
                plots: Callable[[Path], None] | None = None, prompt_embeds: dict[str, torch.Tensor] | None = None) -> Run:
     """The epilogue every method shares: ``config.json`` (with ``final``), ``final_metrics.json``, the LoRA
-    adapter in peft's format and the method's plots (rank 0 only); returns the trained run, holding its
-    sampling weights (the EMA when enabled)."""
+    adapter (peft's format, and diffusers' for SD3) and the method's plots, then for a LoRA run of a diffusers
+    base its export in ``diffusers/`` (rank 0 only); returns the trained run, holding its sampling weights
+    (the EMA when enabled).
+
+    The export comes last and its failure is recorded, not raised: the run's own files are complete by
+    then, and ``flowsteer export`` can write it again.
+    """
     dist = dist or Distributed()
     if final is not None:
         run_config["final"] = final
@@ -186,7 +216,8 @@ def finish_run(trainer: Trainer, run_config: dict[str, Any], out: Path | None, *
         if final is not None:
             atomic_write_json(out / FINAL_METRICS_FILE, final)
         if spec.get("lora"):
-            save_adapter(out, trainer.model, spec["lora"], weights=trainer.sampling_state_dict())
+            save_adapter(out, trainer.model, spec["lora"], weights=trainer.sampling_state_dict(),
+                         kind=spec.get("kind"))
         if plots is not None:
             plots(out)
     if spec.get("lora"):  # the trained network itself, holding its sampling adapter weights
@@ -197,7 +228,17 @@ def finish_run(trainer: Trainer, run_config: dict[str, Any], out: Path | None, *
             sampler = build_model(spec)
         sampler.load_state_dict(trainer.sampling_state_dict())
         sampler.eval()
-    return Run(model=sampler, config=config, path=out, prompt_embeds=prompt_embeds)
+    run = Run(model=sampler, config=config, path=out, prompt_embeds=prompt_embeds)
+    if out is not None and dist.is_main:
+        try:
+            note = export_finished_run(out, run)
+        except Exception as exc:  # noqa: BLE001 - the run is saved; say why its export is missing instead
+            first = (str(exc).splitlines() or [""])[0][:200]
+            note = {"failed": f"{type(exc).__name__}: {first}; write it with flowsteer export {out} --out DIR"}
+        if note is not None:
+            config["diffusers_export"] = note
+            write_config(out, config)
+    return run
 
 
 def start_run_folder(out: Path | None, prompt_embeds: dict[str, torch.Tensor] | None, dist: Distributed) -> None:

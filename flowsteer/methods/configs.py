@@ -17,15 +17,11 @@ from ..schedules import TemperatureSchedule, schedule_problems
 BASE_HELP = ("the pretrained run folder (also the reference model), or diffusers:DIR (a saved diffusers UNet2DModel or "
              "Stable Diffusion 3 pipeline; extra: diffusers)")
 PROMPT_HELP = "the text that conditions a text-to-image base (an SD3 pipeline), encoded once by its own encoders"
+INIT_LORA_HELP = ("start the LoRA adapters from this file instead of zeros: a diffusers LoRA .safetensors file (or a "
+                  "folder holding pytorch_lora_weights.safetensors), a peft adapter folder or a flowsteer LoRA run; "
+                  "its rank and alpha are used (--lora-rank / --lora-alpha may only repeat them)")
 LORA_RANK_HELP = ("train rank-R LoRA adapters (peft) instead of every weight; the reference is the same network with "
                   "its adapters disabled (0 = full fine-tuning)")
-
-
-def _lora_problems(p: list[str], rank: Any, alpha: Any) -> None:
-    if not isinstance(rank, int) or rank < 0:
-        p.append(f"--lora-rank must be >= 0, a whole number (got {rank!r})")
-    if alpha is not None and not (finite(alpha) and alpha > 0):
-        p.append(f"--lora-alpha must be a finite number > 0 (got {alpha!r})")
 
 
 @dataclass
@@ -64,10 +60,30 @@ class PretrainConfig:
 
 
 @dataclass
-class AlignConfig:
-    """Settings of a reward fine-tuning run (ORW-CFM-W2 and its baselines; see :mod:`flowsteer.methods.orw`)."""
+class FineTuneStart:
+    """What a fine-tuning run starts from: the base, the prompt of a text-to-image base, and LoRA adapters."""
 
     base: str = option("", required=True, metavar="RUN_DIR", help=BASE_HELP)
+    prompt: str | None = option(None, metavar="TEXT", help=PROMPT_HELP)
+    lora_rank: int = option(0, metavar="R", help=LORA_RANK_HELP)
+    lora_alpha: float | None = option(None, metavar="A", help="LoRA scale: B A is multiplied by A / R (default: R)")
+    init_lora: str | None = option(None, metavar="FILE_OR_DIR", help=INIT_LORA_HELP)
+
+    def start_problems(self) -> list[str]:
+        p = []
+        if not isinstance(self.lora_rank, int) or self.lora_rank < 0:
+            p.append(f"--lora-rank must be >= 0, a whole number (got {self.lora_rank!r})")
+        if self.lora_alpha is not None and not (finite(self.lora_alpha) and self.lora_alpha > 0):
+            p.append(f"--lora-alpha must be a finite number > 0 (got {self.lora_alpha!r})")
+        if self.init_lora is not None and not str(self.init_lora).strip():
+            p.append("--init-lora is empty; pass a LoRA file or folder, or drop it")
+        return p
+
+
+@dataclass
+class AlignConfig(FineTuneStart):
+    """Settings of a reward fine-tuning run (ORW-CFM-W2 and its baselines; see :mod:`flowsteer.methods.orw`)."""
+
     reward: Any = option("", required=True, metavar="SPEC",
                          help="even-digits, digits:0,2,4, jpeg-compressibility, jpeg-incompressibility, target:FILE.npy, "
                               "clip:PROMPT[;contrast=TEXT][;model=DIR|HUB_ID] (extra: clip), python:MODULE:FUNCTION, "
@@ -96,9 +112,6 @@ class AlignConfig:
     reward_timeout: float | None = option(None, metavar="SECONDS",
                                           help="fail with a clear message when one reward call takes longer")
     on_bad_reward: str = option("stop", choices=("stop", "skip"), help="stop on a NaN/inf reward or skip those samples")
-    prompt: str | None = option(None, metavar="TEXT", help=PROMPT_HELP)
-    lora_rank: int = option(0, metavar="R", help=LORA_RANK_HELP)
-    lora_alpha: float | None = option(None, metavar="A", help="LoRA scale: B A is multiplied by A / R (default: R)")
     eval_every: int = option(250, help="steps between evaluations")
     eval_samples: int = option(512, help="samples per evaluation")
     eval_solver: str = option("heun", choices=SOLVERS, help="solver of the evaluation samples")
@@ -142,14 +155,14 @@ class AlignConfig:
         if not (finite(self.dual_lr) and self.dual_lr > 0):
             p.append(f"--dual-lr must be a finite number > 0 (got {self.dual_lr})")
         check_choice(p, "on-bad-reward", self.on_bad_reward, ("stop", "skip"))
-        _lora_problems(p, self.lora_rank, self.lora_alpha)
+        p += self.start_problems()
         if self.eval_every < 0 or self.eval_samples < 2:
             p.append("--eval-every must be >= 0 and --eval-samples >= 2")
         return p
 
 
 @dataclass
-class AdaptConfig:
+class AdaptConfig(FineTuneStart):
     """Settings of a GFT / SFT run (see :mod:`flowsteer.methods.gft`)."""
 
     base: str = option("", required=True, metavar="RUN_DIR", help="the pretrained run folder (v_pre), or diffusers:DIR")
@@ -164,9 +177,6 @@ class AdaptConfig:
     coupling: str = option("independent", choices=COUPLINGS, help="noise-target pairing")
     sigma: float | None = option(None, help="diffusion of a stochastic flow; must equal the base's (default: the base's)")
     n_target: int | None = option(None, help="use only N target samples (the limited-data regime)")
-    prompt: str | None = option(None, metavar="TEXT", help=PROMPT_HELP)
-    lora_rank: int = option(0, metavar="R", help=LORA_RANK_HELP)
-    lora_alpha: float | None = option(None, metavar="A", help="LoRA scale: B A is multiplied by A / R (default: R)")
     eval_every: int = option(500, help="steps between evaluations")
     eval_samples: int = option(1000, help="samples per evaluation")
     eval_nfes: tuple[int, ...] = option((1, 2, 4, 8, 16, 50), listed=True, metavar="K[,K...]",
@@ -189,7 +199,7 @@ class AdaptConfig:
             p.append(f"--sigma must be a finite number >= 0 (got {self.sigma!r})")
         if self.n_target is not None and self.n_target < 1:
             p.append(f"--n-target must be >= 1 (got {self.n_target})")
-        _lora_problems(p, self.lora_rank, self.lora_alpha)
+        p += self.start_problems()
         if self.eval_every < 0 or self.eval_samples < 2:
             p.append("--eval-every must be >= 0 and --eval-samples >= 2")
         if not self.eval_nfes or any(int(n) < 1 for n in self.eval_nfes):

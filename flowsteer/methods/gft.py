@@ -110,7 +110,8 @@ def adapt(config: AdaptConfig, out: str | Path | None, *, progress: str = "auto"
     target, heldout = _target_samples(config, base, config.train.batch_size)
     schedule = config.temperature()
     ctx = run_context(config.train, device=device, desc="adapt")
-    prepared = prepare_model(base, lora_rank=config.lora_rank, lora_alpha=config.lora_alpha)
+    prepared = prepare_model(base, lora_rank=config.lora_rank, lora_alpha=config.lora_alpha,
+                             init_lora=config.init_lora)
     condition = base.condition if base.prompt_embeds else None
     objective = GFTObjective(base.normalizer.encode(target).to(device), pretrained=prepared.reference, schedule=schedule,
                              sigma=sigma, coupling=config.coupling, batch_size=ctx.train.batch_size,

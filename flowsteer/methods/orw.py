@@ -294,7 +294,8 @@ def align(config: AlignConfig, out: str | Path | None, *, progress: str = "auto"
     base = load_base(config.base, prompt=config.prompt, device=device)
     reward = build_reward(config.reward)
     ctx = run_context(config.train, device=device, desc="align")  # seeded here: the LoRA init and the copy follow
-    prepared = prepare_model(base, lora_rank=config.lora_rank, lora_alpha=config.lora_alpha)
+    prepared = prepare_model(base, lora_rank=config.lora_rank, lora_alpha=config.lora_alpha,
+                             init_lora=config.init_lora)
     condition = base.condition if base.prompt_embeds else None
     local = dataclasses.replace(config, train=ctx.train)
     objective = RewardWeightedObjective(

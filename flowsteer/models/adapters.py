@@ -146,6 +146,15 @@ def diffusers_model_spec(path: str | Path, *, convention: str = "flowsteer") -> 
             "shape": [config.get("in_channels", 16), size, size], "time_scale": 1000.0}
 
 
+def absent_components(root: str | Path) -> list[str]:
+    """The SD3 pipeline components a folder saved as null (a tiny or T5-less SD3): load it with them as None."""
+    index = Path(root) / "model_index.json"
+    if not index.is_file():
+        return []
+    entries = json.loads(index.read_text(encoding="utf-8"))
+    return [k for k in ("text_encoder_3", "tokenizer_3") if not (entries.get(k) or [None])[0]]
+
+
 def encode_prompt(cfg: dict[str, Any], prompt: str, model: nn.Module) -> dict[str, Tensor]:
     """``{"encoder_hidden_states": [1, L, D], "pooled_projections": [1, P]}`` from the SD3 pipeline's encoders.
 
@@ -157,8 +166,7 @@ def encode_prompt(cfg: dict[str, Any], prompt: str, model: nn.Module) -> dict[st
     if not (Path(root) / "model_index.json").is_file():
         raise ConfigError(f"diffusers:{root} is a bare transformer; --prompt needs the pipeline folder (with its text "
                           "encoders) to encode the prompt")
-    index = json.loads((Path(root) / "model_index.json").read_text(encoding="utf-8"))
-    absent = {k: None for k in ("text_encoder_3", "tokenizer_3") if not (index.get(k) or [None])[0]}
+    absent = dict.fromkeys(absent_components(root))
     pipe = diffusers.StableDiffusion3Pipeline.from_pretrained(root, transformer=model.transformer, vae=None, **absent)
     with torch.inference_mode():
         embeds, _, pooled, _ = pipe.encode_prompt(prompt=prompt, prompt_2=None, prompt_3=None,
