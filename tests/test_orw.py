@@ -264,3 +264,19 @@ def test_orw_policy_of_a_lora_model_is_lagged_and_leaves_training_untouched(gaus
     same = lambda a, b: all(torch.equal(a[k], b[k]) for k in a)  # noqa: E731
     assert same(snapshots[0], snapshots[1]) and same(snapshots[1], snapshots[2])
     assert not same(snapshots[2], snapshots[3]) and same(snapshots[3], snapshots[4])
+
+
+def test_a_lora_run_on_a_trained_base_reloads_as_it_was_trained(moons_run, tmp_path):
+    """A LoRA run whose base is a flowsteer run must reload on that run's trained weights (not on the spec's
+    fresh initialisation): the run returned by align and load_run of its folder sample identically."""
+    pytest.importorskip("peft")
+    from flowsteer.runs import load_run
+
+    train = TrainConfig(steps=6, batch_size=64, warmup_steps=1, ema_decay=0.0, lr=5e-3, log_every=3)
+    run = align(AlignConfig(base=str(moons_run), reward="target:1.5,0", lora_rank=2, rollout_steps=2, eval_every=0,
+                            eval_samples=64, refresh_every=3, train=train), tmp_path / "lora", progress="quiet")
+    assert run.config["model"]["base_weights"].endswith("model.safetensors")
+    again = load_run(tmp_path / "lora")
+    assert torch.equal(run.sample(64, seed=1).x, again.sample(64, seed=1).x)
+    base = load_run(moons_run).sample(64, seed=1).x
+    assert not torch.equal(again.sample(64, seed=1).x, base)  # the adapter does something

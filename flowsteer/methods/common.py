@@ -30,7 +30,7 @@ from ..models.lora import AdapterDisabled, add_lora, lora_spec
 from ..models.lora_files import init_lora as load_lora_file, read_lora
 from ..models.weights import load_trainable_state_dict
 from ..progress import Progress
-from ..runs import FINAL_METRICS_FILE, Run, save_adapter, save_prompt_embeds, write_config
+from ..runs import FINAL_METRICS_FILE, WEIGHTS_FILE, Run, save_adapter, save_prompt_embeds, write_config
 from ..training import Objective, Trainer, seed_everything
 
 
@@ -120,6 +120,8 @@ def prepare_model(base: Run, *, lora_rank: int = 0, lora_alpha: float | None = N
             raise ConfigError(f"{flag}: the base already carries a LoRA adapter; fine-tune it without {flag} "
                               "(that trains its adapter further)")
         model = base.model  # one network: the adapters train, and with them disabled it is the reference
+        if base.path is not None:  # a flowsteer run: its trained weights, not the spec's initialisation, are the base
+            spec["base_weights"] = str((base.path / WEIGHTS_FILE).resolve())
         if init_lora:
             check_init_lora(init_lora, lora_rank=lora_rank, lora_alpha=lora_alpha)
             spec["lora"] = load_lora_file(model, init_lora)

@@ -16,6 +16,7 @@ layers are injected (peft) and only they train (see :mod:`flowsteer.models.lora`
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -71,10 +72,22 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
     """Instantiate the network of a spec dict (and its LoRA layers, if the spec has ``lora``)."""
     spec = dict(spec)
     lora = spec.pop("lora", None)
+    base_weights = spec.pop("base_weights", None)
     model = _build_network(spec)
+    if base_weights:  # a LoRA trained on a base whose weights were themselves trained (a flowsteer run)
+        _load_base_weights(model, base_weights)
     if lora:
         add_lora(model, lora)
     return model
+
+
+def _load_base_weights(model: nn.Module, path: str) -> None:
+    from safetensors.torch import load_file
+
+    if not Path(path).is_file():
+        raise ConfigError(f"this LoRA run's base weights {path} are gone; the adapter needs the base run it was trained "
+                          "on - restore that run folder")
+    model.load_state_dict(load_file(path, device=str(next((p.device for p in model.parameters()), "cpu"))))
 
 
 def _build_network(spec: dict[str, Any]) -> nn.Module:
