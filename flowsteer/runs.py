@@ -220,6 +220,7 @@ def load_run(run_dir: str | Path, *, device: torch.device | str = "cpu") -> Run:
     (whatever device the run trained on: weights are saved from the CPU)."""
     run_dir = Path(run_dir)
     device = torch.device(device)
+    device = torch.device("cpu") if device.type == "cpu" else device
     cfg = read_config(run_dir)
     weights = run_dir / WEIGHTS_FILE
     if not weights.exists():

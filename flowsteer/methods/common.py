@@ -56,6 +56,8 @@ def run_device(train: TrainConfig) -> torch.device:
     ``--precision`` and ``--compile`` are checked against it."""
     dist = setup()
     device = dist.device if dist.enabled and dist.device is not None else resolve_device(train.device)
+    if device.type == "cpu":
+        device = torch.device("cpu")  # accelerate says cpu:0; safetensors and the rest want plain cpu
     problems = precision_problems(device, train.precision, compile=train.compile)
     if problems:
         raise ConfigError.listing(problems)
