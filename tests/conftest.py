@@ -12,13 +12,86 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs 2 workers on 2 cor
     torch.set_num_threads(1)
 
 
+def cli_env() -> dict[str, str]:
+    """The environment of a ``python -m flowsteer`` subprocess: this checkout first on the path and, under
+    xdist, one torch thread like the worker itself (two workers each starting a 2-thread child would
+    put 4 busy threads on the 2 cores, and OpenMP threads that wait for a descheduled sibling spin)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300):
-    """Run ``python -m flowsteer ARGS`` in a subprocess; return CompletedProcess."""
+    """Run ``python -m flowsteer ARGS`` in a subprocess; return CompletedProcess.
+
+    For what needs a real process: signals, the entry point's exit status, a fresh interpreter.
+    Everything else can use the cheaper :func:`cli` (same result object, no interpreter start-up).
+    """
     import subprocess
 
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = cli_env()
     return subprocess.run([sys.executable, "-m", "flowsteer", *args], capture_output=True, text=True,
                           cwd=cwd, timeout=timeout, env=env)
+
+
+def cli(*args: str, cwd: Path | None = None):
+    """Run ``flowsteer.cli.main(ARGS)`` in this process; return a CompletedProcess like :func:`run_cli`'s.
+
+    What a subprocess would show is kept: stdout and stderr are captured as text (Python-level writes
+    and, after them, anything written to file descriptors 1 and 2 by C code), argparse's exits give
+    their status, an uncaught exception prints its traceback to stderr and gives status 1 (as the
+    interpreter would), and Python warnings are printed to the captured stderr under the interpreter's
+    default filters (pytest would otherwise record them silently and hide a stray stderr line).
+    """
+    import contextlib
+    import io
+    import subprocess
+    import tempfile
+    import traceback
+    import warnings
+
+    from flowsteer.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    here = os.getcwd()
+    sys.stdout.flush(), sys.stderr.flush()
+    raw = {fd: tempfile.TemporaryFile() for fd in (1, 2)}
+    saved = {fd: os.dup(fd) for fd in raw}
+    for fd, f in raw.items():
+        os.dup2(f.fileno(), fd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+            warnings.resetwarnings()  # the interpreter's defaults, as `python -m flowsteer` starts with
+            for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+                warnings.simplefilter("ignore", category)
+            warnings.showwarning = warnings._showwarning_orig  # print to (the captured) sys.stderr
+            try:
+                if cwd is not None:
+                    os.chdir(cwd)
+                code = main(list(args))
+            except SystemExit as exc:  # argparse: --help, --version, usage errors
+                if exc.code is None or isinstance(exc.code, int):
+                    code = exc.code or 0
+                else:
+                    print(exc.code, file=sys.stderr)
+                    code = 1
+            except Exception:  # noqa: BLE001 - what the interpreter does with an uncaught exception
+                traceback.print_exc()
+                code = 1
+            finally:
+                os.chdir(here)
+    finally:
+        for fd in raw:
+            os.dup2(saved[fd], fd)
+            os.close(saved[fd])
+    texts = {}
+    for fd, f in raw.items():
+        f.seek(0)
+        texts[fd] = f.read().decode(errors="replace")
+        f.close()
+    return subprocess.CompletedProcess(["flowsteer", *args], code, out.getvalue() + texts[1],
+                                       err.getvalue() + texts[2])
 
 
 @pytest.fixture(scope="session")

@@ -7,9 +7,6 @@ Every model is a tiny random-weight checkpoint built from a config, saved with t
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +18,8 @@ pytest.importorskip("transformers")
 
 from safetensors.torch import load_file  # noqa: E402
 
+from conftest import cli  # noqa: E402
+
 from flowsteer.models import build_model  # noqa: E402
 from flowsteer.models.adapters import SD3Velocity, diffusers_model_spec  # noqa: E402
 from flowsteer.models.lora import AdapterDisabled, add_lora, adapters_disabled, inner_module, lora_spec  # noqa: E402
@@ -30,7 +29,6 @@ from flowsteer.bases import load_base  # noqa: E402
 from flowsteer.runs import load_adapter, load_run  # noqa: E402
 from flowsteer.solvers import integrate  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--steps", "4", "--batch-size", "8", "--eval-samples", "8", "--eval-every", "2", "--rollout-steps", "2",
         "--refresh-every", "2", "--quiet"]
 
@@ -40,10 +38,6 @@ def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
     return {"unet": save_tiny_unet2d(root / "unet"), "sd3": save_tiny_sd3_pipeline(root / "sd3"),
             "clip": save_tiny_clip(root / "clip")}
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flowsteer", *args], cwd=ROOT, capture_output=True, text=True)
 
 
 # --------------------------------------------------------------------------- time conventions

@@ -3,6 +3,10 @@
 Each case must exit non-zero with exactly one stderr line containing its message and no traceback,
 and must leave every file that existed before byte-for-byte unchanged (existing runs, outputs,
 data).  ``python tests/test_bad_inputs.py`` prints the table with the messages as they are now.
+
+The cases run ``flowsteer.cli.main`` in this process (``conftest.cli``: the same exit status, stdout and
+stderr - Python and file-descriptor level - without an interpreter start-up per case);
+``test_a_bad_input_through_the_real_entry_point`` runs one case through ``python -m flowsteer``.
 """
 
 import hashlib
@@ -15,7 +19,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import ROOT, run_cli  # noqa: E402
+from conftest import ROOT, cli, run_cli  # noqa: E402
 
 # (id, what is wrong, argv with {ws} for the workspace, exit status, a fragment of the message)
 CASES = [
@@ -154,15 +158,14 @@ def workspace(tmp_path_factory, moons_run):
     return build_workspace(tmp_path_factory.mktemp("bad") / "ws", moons_run)
 
 
-def run_case(argv: str, ws: Path):
-    return run_cli(*argv.format(ws=ws).split())
+def run_case(argv: str, ws: Path, *, subprocess: bool = False):
+    return (run_cli if subprocess else cli)(*argv.format(ws=ws).split())
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_gets_one_line_and_damages_nothing(case, workspace):
+def check_case(case, workspace, *, subprocess: bool = False):
     _, _, argv, status, fragment = case
     before = _digest(workspace)
-    proc = run_case(argv, workspace)
+    proc = run_case(argv, workspace, subprocess=subprocess)
     assert proc.returncode == status, (proc.returncode, proc.stderr)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
@@ -171,6 +174,16 @@ def test_bad_input_gets_one_line_and_damages_nothing(case, workspace):
     changed = [f for f, h in before.items() if after.get(f) != h]
     assert not changed, f"existing files changed: {changed}"
     shutil.rmtree(workspace / "new", ignore_errors=True)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_gets_one_line_and_damages_nothing(case, workspace):
+    check_case(case, workspace)
+
+
+def test_a_bad_input_through_the_real_entry_point(workspace):
+    """One case (a bad reward: the command gets as far as training) through ``python -m flowsteer``."""
+    check_case(next(c for c in CASES if c[0] == "reward-raises"), workspace, subprocess=True)
 
 
 def test_the_table_in_the_docs_lists_every_case():

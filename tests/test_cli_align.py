@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import cli
 from test_cli import assert_user_error
 
 FAST = ["--steps", "6", "--batch-size", "32", "--eval-samples", "32", "--eval-every", "3", "--rollout-steps", "2",
@@ -25,7 +25,7 @@ def rewards(tmp_path):
 
 def test_align_run_loads_like_any_run(moons_run, tmp_path):
     out = tmp_path / "a"
-    proc = run_cli("align", "--base", str(moons_run), "--reward", "target:1,0", "--out", str(out), *FAST)
+    proc = cli("align", "--base", str(moons_run), "--reward", "target:1,0", "--out", str(out), *FAST)
     assert proc.returncode == 0, proc.stderr
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["method"] == "align" and cfg["settings"]["alpha"] == 0.15 and cfg["steps_done"] == 6
@@ -33,18 +33,18 @@ def test_align_run_loads_like_any_run(moons_run, tmp_path):
     assert [e["step"] for e in evals] == [0, 3, 6]
     assert {"reward_mean", "reward_std", "reward_max", "pairwise_distance", "w2_to_reference"} <= set(evals[-1])
     assert (out / "reward_curve.png").exists()
-    proc = run_cli("sample", "--model", str(out), "--n", "10", "--out", str(tmp_path / "s.npy"))
+    proc = cli("sample", "--model", str(out), "--n", "10", "--out", str(tmp_path / "s.npy"))
     assert proc.returncode == 0 and np.load(tmp_path / "s.npy").shape == (10, 2)
 
 
 def test_sweep_and_budget(moons_run, tmp_path):
-    proc = run_cli("align", "--base", str(moons_run), "--reward", "target:1,0", "--out", str(tmp_path / "sw"),
+    proc = cli("align", "--base", str(moons_run), "--reward", "target:1,0", "--out", str(tmp_path / "sw"),
                    "--alpha", "0,1", *FAST)
     assert proc.returncode == 0, proc.stderr
     sweep = json.loads((tmp_path / "sw" / "sweep.json").read_text())
     assert [p["alpha"] for p in sweep["points"]] == [0.0, 1.0]
     assert (tmp_path / "sw" / "pareto.png").exists() and (tmp_path / "sw" / "alpha-1" / "model.safetensors").exists()
-    proc = run_cli("align", "--base", str(moons_run), "--reward", "target:1,0", "--out", str(tmp_path / "b"),
+    proc = cli("align", "--base", str(moons_run), "--reward", "target:1,0", "--out", str(tmp_path / "b"),
                    "--w2-budget", "0.001", *FAST[:-1])
     assert proc.returncode == 0, proc.stderr
     assert "alpha settled at" in proc.stdout
@@ -54,14 +54,14 @@ def test_sweep_and_budget(moons_run, tmp_path):
 
 def test_nan_reward_stops_with_count(moons_run, tmp_path, rewards):
     out = tmp_path / "n"
-    assert_user_error(run_cli("align", "--base", str(moons_run), "--reward", f"python:{rewards}:nan_some", "--out",
+    assert_user_error(cli("align", "--base", str(moons_run), "--reward", f"python:{rewards}:nan_some", "--out",
                               str(out), *FAST), "nan_some", "NaN or inf for 3 of 32 samples", "--on-bad-reward skip")
     assert not (out / "model.safetensors").exists()
 
 
 def test_nan_reward_skipped_on_request(moons_run, tmp_path, rewards):
     out = tmp_path / "s"
-    proc = run_cli("align", "--base", str(moons_run), "--reward", f"python:{rewards}:nan_some", "--out", str(out),
+    proc = cli("align", "--base", str(moons_run), "--reward", f"python:{rewards}:nan_some", "--out", str(out),
                    "--on-bad-reward", "skip", *FAST)
     assert proc.returncode == 0, proc.stderr
     train = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if '"train"' in l]
@@ -71,18 +71,18 @@ def test_nan_reward_skipped_on_request(moons_run, tmp_path, rewards):
 
 
 def test_reward_that_raises_shows_its_exception(moons_run, tmp_path, rewards):
-    assert_user_error(run_cli("align", "--base", str(moons_run), "--reward", f"python:{rewards}:boom", "--out",
+    assert_user_error(cli("align", "--base", str(moons_run), "--reward", f"python:{rewards}:boom", "--out",
                               str(tmp_path / "x"), *FAST), "ZeroDivisionError: my reward broke", "rew.py:7")
 
 
 def test_wrong_length_unknown_spec_and_bad_base(moons_run, tmp_path, rewards):
-    assert_user_error(run_cli("align", "--base", str(moons_run), "--reward", f"python:{rewards}:short", "--out",
+    assert_user_error(cli("align", "--base", str(moons_run), "--reward", f"python:{rewards}:short", "--out",
                               str(tmp_path / "x"), *FAST), "one number per sample")
-    assert_user_error(run_cli("align", "--base", str(moons_run), "--reward", "aesthetic", "--out",
+    assert_user_error(cli("align", "--base", str(moons_run), "--reward", "aesthetic", "--out",
                               str(tmp_path / "y"), *FAST), "unknown reward 'aesthetic'")
-    assert_user_error(run_cli("align", "--base", str(tmp_path), "--reward", "even-digits", "--out",
+    assert_user_error(cli("align", "--base", str(tmp_path), "--reward", "even-digits", "--out",
                               str(tmp_path / "z"), *FAST), "not a flowsteer run")
-    assert_user_error(run_cli("align", "--base", str(moons_run), "--reward", "target:1,0", "--out",
+    assert_user_error(cli("align", "--base", str(moons_run), "--reward", "target:1,0", "--out",
                               str(tmp_path / "w"), "--method", "orw", "--alpha", "0.5", *FAST), "--method orw")
-    assert_user_error(run_cli("align", "--base", str(moons_run), "--reward", "target:1,0", "--out",
+    assert_user_error(cli("align", "--base", str(moons_run), "--reward", "target:1,0", "--out",
                               str(tmp_path / "v"), "--alpha", "0,-1", *FAST), "--alpha must be >= 0")

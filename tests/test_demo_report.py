@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import run_cli
+from conftest import cli, run_cli
 from test_cli import assert_user_error
 
 SECTIONS = ("Samples", "Training curves", "Reward and diversity across alpha", "Quality against the number of steps",
@@ -61,7 +61,7 @@ def test_report_has_every_section_and_only_local_valid_images(demo):
 
 def test_second_demo_reuses_finished_runs(demo):
     out, _ = demo
-    proc = run_cli("demo", "--fast", "--out", str(out), timeout=600)
+    proc = cli("demo", "--fast", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("reusing") == 6 and "pretraining" not in proc.stdout
 
@@ -108,6 +108,6 @@ def test_report_renders_in_headless_chromium_without_broken_images_or_network(de
 
 
 def test_report_bad_inputs(tmp_path, demo):
-    assert_user_error(run_cli("report", str(tmp_path), "--out", str(tmp_path / "r")), "neither a run folder")
-    assert_user_error(run_cli("report", str(tmp_path / "missing"), "--out", str(tmp_path / "r")), "missing")
+    assert_user_error(cli("report", str(tmp_path), "--out", str(tmp_path / "r")), "neither a run folder")
+    assert_user_error(cli("report", str(tmp_path / "missing"), "--out", str(tmp_path / "r")), "missing")
     assert not (tmp_path / "r").exists()

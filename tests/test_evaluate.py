@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import cli
 from test_cli import assert_user_error
 from flowsteer.evaluation import EvaluationConfig, evaluate
 from flowsteer.metrics import wasserstein2
@@ -19,7 +19,7 @@ def test_same_seed_gives_identical_json_bytes(moons_run, tmp_path):
             "--target", "moons", "--n", "300", "--nfe", "1,4,20", "--seed", "3"]
     a, b, c = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"
     for out, seed in ((a, "3"), (b, "3"), (c, "4")):
-        proc = run_cli(*args[:-1], seed, "--json", str(out))
+        proc = cli(*args[:-1], seed, "--json", str(out))
         assert proc.returncode == 0, proc.stderr
     assert a.read_bytes() == b.read_bytes()
     assert a.read_bytes() != c.read_bytes()  # the seed matters
@@ -73,12 +73,12 @@ def test_class_histogram_for_classifier_rewards(tmp_path):
 
 def test_evaluate_bad_inputs(moons_run, tmp_path):
     out = tmp_path / "e.json"
-    assert_user_error(run_cli("evaluate", "--model", str(moons_run), "--nfe", "0,4", "--json", str(out)), "--nfe", ">= 1")
-    assert_user_error(run_cli("evaluate", "--model", str(moons_run), "--nfe", "a", "--json", str(out)), "whole numbers")
-    assert_user_error(run_cli("evaluate", "--model", str(moons_run), "--json", str(tmp_path / "e.txt")), ".json")
-    assert_user_error(run_cli("evaluate", "--model", str(moons_run), "--target", "digits", "--json", str(out)),
+    assert_user_error(cli("evaluate", "--model", str(moons_run), "--nfe", "0,4", "--json", str(out)), "--nfe", ">= 1")
+    assert_user_error(cli("evaluate", "--model", str(moons_run), "--nfe", "a", "--json", str(out)), "whole numbers")
+    assert_user_error(cli("evaluate", "--model", str(moons_run), "--json", str(tmp_path / "e.txt")), ".json")
+    assert_user_error(cli("evaluate", "--model", str(moons_run), "--target", "digits", "--json", str(out)),
                       "shape (1, 8, 8)")
-    assert_user_error(run_cli("evaluate", "--model", str(tmp_path), "--json", str(out)), "config.json")
-    assert_user_error(run_cli("evaluate", "--model", str(moons_run), "--n", "1", "--json", str(out)), "--n")
-    assert_user_error(run_cli("evaluate", "--model", str(moons_run), "--reward", "nope", "--json", str(out)), "nope")
+    assert_user_error(cli("evaluate", "--model", str(tmp_path), "--json", str(out)), "config.json")
+    assert_user_error(cli("evaluate", "--model", str(moons_run), "--n", "1", "--json", str(out)), "--n")
+    assert_user_error(cli("evaluate", "--model", str(moons_run), "--reward", "nope", "--json", str(out)), "nope")
     assert not out.exists()

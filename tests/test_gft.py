@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import run_cli
+from conftest import cli
 from test_cli import assert_user_error
 from flowsteer.config import TrainConfig
 from flowsteer.couplings import IndependentCoupling
@@ -142,19 +142,19 @@ def test_path_metrics_closed_forms():
 
 
 def test_adapt_cli_bad_inputs(moons_run, tmp_path):
-    assert_user_error(run_cli("adapt", "--base", str(moons_run), "--target", "digits", "--out", str(tmp_path / "a")),
+    assert_user_error(cli("adapt", "--base", str(moons_run), "--target", "digits", "--out", str(tmp_path / "a")),
                       "shape (1, 8, 8)", "(2,)")
     small = tmp_path / "small.npy"
     np.save(small, np.random.default_rng(0).normal(size=(40, 2)).astype(np.float32))
-    assert_user_error(run_cli("adapt", "--base", str(moons_run), "--target", str(small), "--out", str(tmp_path / "b")),
+    assert_user_error(cli("adapt", "--base", str(moons_run), "--target", str(small), "--out", str(tmp_path / "b")),
                       "fewer than --batch-size", "--n-target")
-    assert_user_error(run_cli("adapt", "--base", str(moons_run), "--target", "moons", "--coupling", "emd",
+    assert_user_error(cli("adapt", "--base", str(moons_run), "--target", "moons", "--coupling", "emd",
                               "--out", str(tmp_path / "c")), "invalid choice: 'emd'")
-    proc = run_cli("adapt", "--base", str(moons_run), "--target", "moons", "--out", str(tmp_path / "d"),
+    proc = cli("adapt", "--base", str(moons_run), "--target", "moons", "--out", str(tmp_path / "d"),
                    "--final-fraction", "0", "--steps", "8", "--stages", "2", "--eval-every", "0", "--batch-size", "32")
     assert proc.returncode == 0, proc.stderr
     assert "warning: --final-fraction 0: the schedule never reaches tau = 0" in proc.stderr
-    proc = run_cli("adapt", "--base", str(moons_run), "--target", str(small), "--n-target", "20", "--out",
+    proc = cli("adapt", "--base", str(moons_run), "--target", str(small), "--n-target", "20", "--out",
                    str(tmp_path / "e"), "--steps", "8", "--stages", "2", "--coupling", "ot", "--batch-size", "32",
                    "--eval-every", "2")
     assert proc.returncode == 0, proc.stderr

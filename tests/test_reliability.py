@@ -1,7 +1,6 @@
 """Reliability: SIGKILL + resume is bitwise exact, SIGTERM checkpoints, guarded steps, reward timeouts."""
 
 import json
-import os
 import random
 import signal
 import subprocess
@@ -14,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from conftest import ROOT, run_cli
+from conftest import cli, cli_env, run_cli
 from test_cli import assert_user_error
 from flowsteer.config import TrainConfig
 from flowsteer.errors import TrainingStopped
@@ -24,9 +23,8 @@ from flowsteer.training import StepOutput, Trainer
 
 
 def _popen(*args: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen([sys.executable, "-m", "flowsteer", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, text=True, env=cli_env())
 
 
 def _latest_step(out: Path) -> int:
@@ -165,7 +163,7 @@ def test_too_many_bad_steps_in_a_row_stop_and_keep_the_last_checkpoint(tmp_path)
 def test_reward_timeout_fails_with_a_clear_message(moons_run, tmp_path):
     slow = tmp_path / "slow.py"
     slow.write_text("import time\n\ndef reward(x):\n    time.sleep(5)\n    return x[:, 0]\n")
-    proc = run_cli("align", "--base", str(moons_run), "--reward", f"python:{slow}:reward", "--out", str(tmp_path / "a"),
+    proc = cli("align", "--base", str(moons_run), "--reward", f"python:{slow}:reward", "--out", str(tmp_path / "a"),
                    "--reward-timeout", "0.5", "--steps", "5", "--batch-size", "32", "--quiet")
     assert_user_error(proc, "took longer than --reward-timeout 0.5 s on")
 
@@ -174,9 +172,9 @@ def test_resume_auto_and_named_checkpoint(moons_run, tmp_path):
     out = tmp_path / "run"
     cmd = ["pretrain", "--data", "moons", "--steps", "40", "--batch-size", "64", "--checkpoint-every", "10",
            "--keep-last", "3", "--quiet", "--out", str(out)]
-    assert run_cli(*cmd).returncode == 0
+    assert cli(*cmd).returncode == 0
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-20", "checkpoint-30", "checkpoint-40"]
-    assert_user_error(run_cli(*cmd, "--resume", "checkpoint-10"), "no such checkpoint", "checkpoint-20")
-    proc = run_cli(*cmd, "--resume", "checkpoint-20")
+    assert_user_error(cli(*cmd, "--resume", "checkpoint-10"), "no such checkpoint", "checkpoint-20")
+    proc = cli(*cmd, "--resume", "checkpoint-20")
     assert proc.returncode == 0, proc.stderr
     assert (out / "latest").read_text().strip() == "checkpoint-40"

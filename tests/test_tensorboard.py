@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-pytest.importorskip("tensorboard")
+from conftest import cli
 
-ROOT = Path(__file__).resolve().parents[1]
+pytest.importorskip("tensorboard")
 
 
 def scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
@@ -24,9 +22,8 @@ def scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
 
 def test_tensorboard_events_match_metrics_jsonl(tmp_path):
     out = tmp_path / "run"
-    r = subprocess.run([sys.executable, "-m", "flowsteer", "pretrain", "--data", "moons", "--out", str(out), "--steps",
-                        "20", "--batch-size", "64", "--log-every", "5", "--log", "tensorboard", "--quiet"],
-                       cwd=ROOT, capture_output=True, text=True)
+    r = cli("pretrain", "--data", "moons", "--out", str(out), "--steps", "20", "--batch-size", "64", "--log-every", "5",
+            "--log", "tensorboard", "--quiet")
     assert r.returncode == 0, r.stderr
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     train = [rec for rec in records if rec["kind"] == "train"]
