@@ -12,7 +12,6 @@ from PIL import Image
 from conftest import cli, run_cli
 from test_cli import assert_user_error
 
-
 SECTIONS = ("Samples", "Training curves", "Reward and diversity across alpha", "Quality against the number of steps",
             "Final metrics")
 
