@@ -10,12 +10,13 @@ component shrinks and shifts (METHODS.md section 2):
 shorter periods (400) leave each fit a few percent off and the errors compound over refreshes.
 Tolerance (issue 3): means within 10 % of the marginal standard deviation, each variance within 10 %.
 Measured here: worst variance error 8.1 % (var_x at N = 3), of which about 3.5 % is the pretrained
-base's own error amplified by the tilt.  About 2 minutes on an idle 2-core machine (two torch threads);
-beside another busy process the two threads wait on each other at every parallel region and it takes
-7 to 15 minutes, so `make test` runs it last and alone (tests/conftest.py: the order of the work and
-the `alone_on_the_machine` fixture).  The chain pretrain -> refresh 1 -> 2 -> 3 is sequential (each
-refresh fits the samples of the previous model), so splitting it into tests per N would repeat the
-earlier refreshes without shortening the longest one.
+base's own error amplified by the tilt.  (With torch 2.13 + MKL 2024.2 on an AVX-512 CPU, 2 threads and
+1 thread both give 9.99 % (var_y, N = 2) - as docs/results.md's 10.0 % - a hair inside the tolerance.)
+About 2 minutes on an idle 2-core machine (two torch threads); beside another busy process the two threads
+wait on each other at every parallel region and it takes 7 to 15 minutes, so `make test` runs it last and
+alone (tests/conftest.py: the order of the work and the `alone_on_the_machine` fixture). The chain pretrain
+-> refresh 1 -> 2 -> 3 is sequential (each refresh fits the samples of the previous model), so splitting it
+into tests per N would repeat the earlier refreshes without shortening the longest one.
 """
 
 import json
