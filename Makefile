@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 test: setup
-	@$(PY) -m pytest -q -n 2 --dist loadfile tests; rc=$$?; \
+	@$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: no tests were collected - failing" >&2; exit 1; fi; exit $$rc
 
 demo: setup

@@ -102,3 +102,94 @@ def moons_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "moons"
     pretrain(PretrainConfig(data="moons", train=TrainConfig(steps=300, log_every=50)), out, progress="quiet")
     return out
+
+
+# --------------------------------------------------------------------------- order of the work (make test)
+#
+# `make test` runs `pytest -n 2 --dist loadfile --no-loadscope-reorder`: each test file is one unit of
+# work (module-scoped fixtures are built once), handed out in collection order.  So the slowest files go
+# first - they overlap on the two workers and the tail is short - and the Theorem-2 test goes last and runs
+# alone (see `alone_on_the_machine`).  Measured seconds of one core per file, slowest first; files not named
+# here keep their order after these.  (xdist_group marks would be finer, but pytest 9 ignores the node-id
+# suffix through which pytest-xdist 3.8 groups tests: `--dist loadgroup` silently splits the groups.)
+SLOW_FILES_FIRST = (
+    "tests/test_distributed.py",  # 76 s (accelerate launches)
+    "tests/test_demo_report.py",  # 73 s (the `demo --fast` fixture)
+    "tests/test_reliability.py",  # 58 s (SIGKILL + resume, 3 kinds)
+    "tests/test_orw.py",  # 26 s
+    "tests/test_gft.py",  # 21 s
+    "tests/test_readme.py",  # 11 s
+    "tests/test_bad_inputs.py",  # 10 s
+    "tests/test_adapters.py",  # 8 s
+    "tests/test_training.py",  # 6 s
+    "tests/test_cli.py",  # 5 s
+    "tests/test_rewards.py",  # 4 s
+    "tests/test_evaluate.py",  # 3 s
+)
+ALONE_LAST = "tests/test_orw_theorem2.py"
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item) -> int:
+        path = item.nodeid.split("::")[0]
+        if path == ALONE_LAST:
+            return len(SLOW_FILES_FIRST) + 1
+        return SLOW_FILES_FIRST.index(path) if path in SLOW_FILES_FIRST else len(SLOW_FILES_FIRST)
+
+    items.sort(key=rank)  # stable: the tests of a file stay together and in their order
+
+
+# The Theorem-2 test is pinned to 2 torch threads (its figures depend on the thread count).  Two OpenMP
+# threads that share the 2 cores with any other busy process wait on each other at every parallel region:
+# about 2 min alone on an idle 2-core machine, 7 to 15 min beside the other xdist worker.  Under xdist, a
+# test that requests `alone_on_the_machine` waits until the other worker's current test has finished and
+# keeps it waiting (a shared/exclusive pair of flocks) - ordering it last means nothing is left to wait.
+
+
+def _lock_files():
+    """(gate, data) lock files shared by this run's xdist workers; None outside xdist."""
+    import tempfile
+
+    uid = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if not os.environ.get("PYTEST_XDIST_WORKER") or not uid:
+        return None
+    folder = Path(tempfile.gettempdir())
+    return (open(folder / f"flowsteer-tests-{uid}.gate", "a+"), open(folder / f"flowsteer-tests-{uid}.lock", "a+"))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    import fcntl
+
+    files = None if "alone_on_the_machine" in getattr(item, "fixturenames", ()) else _lock_files()
+    if files is None:
+        yield
+        return
+    gate, data = files
+    fcntl.flock(gate, fcntl.LOCK_EX)  # blocks while a test that must run alone is waiting or running
+    fcntl.flock(data, fcntl.LOCK_SH)
+    fcntl.flock(gate, fcntl.LOCK_UN)
+    try:
+        yield
+    finally:
+        fcntl.flock(data, fcntl.LOCK_UN)
+        gate.close(), data.close()
+
+
+@pytest.fixture
+def alone_on_the_machine():
+    """Under xdist: wait for the other worker's running test, and hold its next one until this test ends."""
+    import fcntl
+
+    files = _lock_files()
+    if files is None:
+        yield
+        return
+    gate, data = files
+    fcntl.flock(gate, fcntl.LOCK_EX)
+    fcntl.flock(data, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(data, fcntl.LOCK_UN), fcntl.flock(gate, fcntl.LOCK_UN)
+        gate.close(), data.close()

@@ -10,7 +10,13 @@ component shrinks and shifts (METHODS.md section 2):
 shorter periods (400) leave each fit a few percent off and the errors compound over refreshes.
 Tolerance (issue 3): means within 10 % of the marginal standard deviation, each variance within 10 %.
 Measured here: worst variance error 8.1 % (var_x at N = 3), of which about 3.5 % is the pretrained
-base's own error amplified by the tilt.  About 5 minutes on 2 CPU cores.
+base's own error amplified by the tilt.  (With torch 2.13 + MKL 2024.2 on an AVX-512 CPU, 2 threads and
+1 thread both give 9.99 % (var_y, N = 2) - as docs/results.md's 10.0 % - a hair inside the tolerance.)
+About 2 minutes on an idle 2-core machine (two torch threads); beside another busy process the two threads
+wait on each other at every parallel region and it takes 7 to 15 minutes, so `make test` runs it last and
+alone (tests/conftest.py: the order of the work and the `alone_on_the_machine` fixture). The chain pretrain
+-> refresh 1 -> 2 -> 3 is sequential (each refresh fits the samples of the previous model), so splitting it
+into tests per N would repeat the earlier refreshes without shortening the longest one.
 """
 
 import json
@@ -77,7 +83,7 @@ def record_figures(results: dict) -> None:
     (Path(folder) / "theorem2.json").write_text(json.dumps({"tau": TAU, "K": K, "rows": rows}, indent=2))
 
 
-def test_theorem2_tilt_after_1_2_3_refreshes(tmp_path):
+def test_theorem2_tilt_after_1_2_3_refreshes(tmp_path, alone_on_the_machine):
     # Two torch threads, as when the figures in the docstring were measured: the float reduction order
     # changes with the thread count, and with one thread the worst variance error was 9.99 % (var_y, N = 2).
     threads = torch.get_num_threads()
