@@ -10,8 +10,9 @@ A data *spec* is a string:
   only some classes;
 * ``PATH.npy`` / ``PATH.npz``: an array ``[N, D]`` (vectors), ``[N, H, W]`` or
   ``[N, C, H, W]`` (images); an ``.npz`` holds ``x`` (or a single array) and
-  optionally integer labels ``y``;
-* a folder of PNG/JPEG images of one size (sub-folders, if any, are classes).
+  optionally labels ``y``, one integer class number per sample from 0 (see
+  ``_check_labels``).  Values beyond float32's range (about 3.4e38) are refused;
+* a folder of PNG/JPEG images of one size (rules: :func:`image_folder_files`).
 
 :func:`load_data` returns a :class:`DataSplit` with a training set and a held-out
 set for evaluation.  Values are in *data units*; the model is trained on
@@ -34,6 +35,8 @@ from torch import Tensor
 from .errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+OTHER_IMAGE_SUFFIXES = (".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".heic", ".avif", ".jp2")
+IGNORED_NAMES = ("__MACOSX",)  # besides every name that starts with "."
 TOY_TRAIN_SIZE = 20_000
 TOY_EVAL_SIZE = 5_000
 
@@ -194,15 +197,20 @@ def _check_array(x: np.ndarray, source: str) -> np.ndarray:
     if x.dtype.kind not in "biuf":
         raise DataError(f"{source}: array has dtype {x.dtype}; expected numbers")
     if x.ndim not in (2, 3, 4):
-        raise DataError(
-            f"{source}: array has {x.ndim} dimension(s) {tuple(x.shape)}; expected [N, D] vectors, "
-            "[N, H, W] or [N, C, H, W] images"
-        )
-    if x.shape[0] < 2:
-        raise DataError(f"{source}: needs at least 2 samples, got {x.shape[0]}")
+        raise DataError(f"{source}: array has {x.ndim} dimension(s) {tuple(x.shape)}; expected [N, D] vectors, "
+                        "[N, H, W] or [N, C, H, W] images")
+    if x.shape[0] < 2 or 0 in x.shape:
+        raise DataError(f"{source}: needs at least 2 samples of at least one value each, got shape {tuple(x.shape)}")
     if x.dtype.kind == "f" and not np.isfinite(x).all():
         bad = int((~np.isfinite(x)).reshape(x.shape[0], -1).any(axis=1).sum())
         raise DataError(f"{source}: {bad} sample(s) contain NaN or inf; remove or impute them first")
+    top = float(np.finfo(np.float32).max)  # float64 (or wider) values beyond it would become inf
+    if x.dtype.kind == "f" and x.dtype.itemsize > 4 and (x.max() > top or x.min() < -top):
+        rows = x.reshape(x.shape[0], -1)
+        big = np.abs(rows) > top
+        row = int(big.any(axis=1).argmax())
+        raise DataError(f"{source}: value {rows[row][big[row]][0]:g} at row {row} overflows float32 (largest about "
+                        "3.4e+38); rescale the data (e.g. divide it by its largest absolute value) and save it again")
     if x.dtype == np.uint8 and x.ndim >= 3:
         x = x.astype(np.float32) / 127.5 - 1.0
     x = x.astype(np.float32)
@@ -225,26 +233,78 @@ def _load_array_file(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     except DataError:
         raise
     except Exception as exc:  # corrupt or not an array file
-        raise DataError(f"{path}: cannot read it as a numpy array ({type(exc).__name__}: {exc}); save it with numpy.save") from None
+        fix = "save numbers, not Python objects" if "allow_pickle" in str(exc) else "save it with numpy.save"
+        raise DataError(f"{path}: cannot read it as a numpy array ({type(exc).__name__}: {exc}); {fix}") from None
+
+
+def _visible(folder: Path) -> list[Path]:
+    try:
+        return sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.name not in IGNORED_NAMES)
+    except OSError as exc:
+        raise DataError(f"{folder}: cannot list the folder ({exc.strerror}); check its permissions") from None
+
+
+def _images_in(folder: Path, entries: list[Path]) -> list[Path]:
+    other = [p for p in entries if p.suffix.lower() in OTHER_IMAGE_SUFFIXES and p.is_file()]
+    if other:
+        raise DataError(f"{other[0]}: {other[0].suffix} images are not read (flowsteer reads PNG and JPEG only); "
+                        f"convert {'it' if len(other) == 1 else f'the {len(other)} such files'} to PNG")
+    return [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+
+
+def image_folder_files(path: Path) -> tuple[list[Path], list[int] | None]:
+    """The images of an image folder and their class numbers (None without classes).
+
+    The rules (as in the README's data section):
+    * names that start with ``.`` (``.ipynb_checkpoints``, ``.DS_Store``, ``._x.png``) and ``__MACOSX``
+      are ignored, at both levels;
+    * images are files ending in ``.png``, ``.jpg`` or ``.jpeg`` (any case); other image formats (``.gif``,
+      ``.bmp``, ``.webp``, ``.tif`` ...) are refused rather than skipped; any other file (``README.md``,
+      ``labels.csv``, ``Thumbs.db``) is ignored;
+    * a folder of images alone is one unlabelled data set; a folder of sub-folders alone is a labelled one: each
+      sub-folder is a class, numbered 0, 1, ... in the sorted order of the names.  A class folder holds images
+      only: an empty class folder, or one with a folder inside, is refused;
+    * a folder with both images and sub-folders is refused (are the sub-folders classes?), as is one with no image.
+    """
+    entries = _visible(path)
+    subdirs = [p for p in entries if p.is_dir()]
+    top = _images_in(path, entries)
+    if subdirs and top:
+        raise DataError(f"{path}: holds both images ({top[0].name}, {len(top)} in all) and sub-folders "
+                        f"({subdirs[0].name}/ ...), which would be classes; move the top-level images into a class "
+                        "folder, or the sub-folders out")
+    if not subdirs:
+        if not top:
+            raise DataError(f"{path}: folder has no PNG or JPEG images (names starting with '.' are ignored); "
+                            "put the images in it, or in one sub-folder per class")
+        return top, None
+    files: list[Path] = []
+    labels: list[int] = []
+    for i, d in enumerate(subdirs):
+        inside = _visible(d)
+        nested = [p for p in inside if p.is_dir()]
+        if nested:
+            raise DataError(f"{d}: class folder holds a folder ({nested[0].name}/); class folders hold images only "
+                            "(one level below --data): move its images up, or remove it")
+        found = _images_in(d, inside)
+        if not found:
+            raise DataError(f"{d}: class folder has no PNG or JPEG images; add images or remove the folder")
+        files += found
+        labels += [i] * len(found)
+    return files, labels
 
 
 def _load_image_folder(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     from PIL import Image
 
-    subdirs = sorted(p for p in path.iterdir() if p.is_dir())
-    if subdirs:
-        files = [(f, i) for i, d in enumerate(subdirs) for f in sorted(d.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
-    else:
-        files = [(f, -1) for f in sorted(path.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
-    if not files:
-        raise DataError(f"{path}: folder has no PNG or JPEG images")
+    files, classes = image_folder_files(path)
     images, sizes, modes = [], {}, set()
-    for f, _ in files:
+    for f in files:
         try:
             with Image.open(f) as im:
                 im.load()
                 modes.add("L" if im.mode in ("L", "1", "I;16") else "RGB")
-                images.append((f, im.copy()))
+                images.append(im.copy())
                 sizes.setdefault(im.size, f.name)
         except Exception as exc:
             raise DataError(f"{f}: cannot read image ({exc}); remove or re-save it") from None
@@ -252,10 +312,32 @@ def _load_image_folder(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
         listing = ", ".join(f"{w}x{h} (e.g. {name})" for (w, h), name in list(sizes.items())[:3])
         raise DataError(f"{path}: images have different sizes: {listing}; resize them to one size first")
     mode = "L" if modes == {"L"} else "RGB"
-    arr = np.stack([np.asarray(im.convert(mode), dtype=np.float32) for _, im in images])
+    arr = np.stack([np.asarray(im.convert(mode), dtype=np.float32) for im in images])
     arr = arr[:, None] if mode == "L" else arr.transpose(0, 3, 1, 2)
-    labels = np.array([c for _, c in files]) if subdirs else None
+    labels = np.array(classes, dtype=np.int64) if classes is not None else None
     return arr / 127.5 - 1.0, labels
+
+
+def _check_labels(labels: Any, n: int, source: str) -> Tensor:
+    """``[n]`` long class numbers 0..K-1 (K <= n), or a one-line error naming the fix."""
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iu":
+        whole = labels.dtype.kind == "f" and np.isfinite(labels).all() and (labels == np.round(labels)).all()
+        raise DataError(f"{source}: labels have dtype {labels.dtype}; labels are class numbers 0, 1, 2 ... of an "
+                        "integer dtype: " + ("save them with y.astype(np.int64)" if whole else
+                                             "map each class to a whole number from 0 and save them as integers"))
+    if labels.shape != (n,):
+        raise DataError(f"{source}: labels have shape {labels.shape} for {n} samples; give one class number per "
+                        f"sample, shape ({n},)")
+    if n and labels.min() < 0:
+        row = int(labels.argmin())
+        raise DataError(f"{source}: label {int(labels[row])} at row {row} is negative; renumber the classes from 0")
+    if n and labels.max() >= n:
+        row = int(labels.argmax())
+        raise DataError(f"{source}: label {int(labels[row])} at row {row} is out of range: {n} samples can have at "
+                        f"most {n} classes, numbered 0..{n - 1}; renumber the classes from 0 "
+                        "(np.unique(y, return_inverse=True)[1])")
+    return torch.from_numpy(labels.astype(np.int64))
 
 
 def load_user_data(path: Path) -> DataSet:
@@ -270,17 +352,8 @@ def load_user_data(path: Path) -> DataSet:
     else:
         raise DataError(f"{path}: unsupported file type {path.suffix!r}; use .npy, .npz or a folder of PNG/JPEG images")
     x = _check_array(np.asarray(x), str(path))
-    y = None
-    num_classes = 0
-    if labels is not None:
-        labels = np.asarray(labels)
-        if labels.shape != (x.shape[0],) or labels.dtype.kind not in "iu":
-            raise DataError(f"{path}: labels must be integers of shape [{x.shape[0]}], got {labels.dtype} {labels.shape}")
-        if labels.size and labels.min() < 0:
-            raise DataError(f"{path}: labels must be class numbers >= 0, found {int(labels.min())}; renumber the classes "
-                            "from 0")
-        y = torch.from_numpy(labels.astype(np.int64))
-        num_classes = int(y.max()) + 1
+    y = _check_labels(labels, x.shape[0], str(path)) if labels is not None else None
+    num_classes = int(y.max()) + 1 if y is not None else 0
     return DataSet(path.name, torch.from_numpy(x), y, num_classes)
 
 
