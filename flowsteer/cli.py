@@ -115,7 +115,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Parsed:
         _unknown(parser, args.command, extra)
     command = COMMANDS[args.command]
     options = command.options()
-    if getattr(args, "config", None):
+    if getattr(args, "config", None) is not None:  # `--config ""` is an error, not no config
         file_argv = config_argv(options, config_mapping(args.config, args.command), args.config)
         args = parser.parse_args([args.command, *file_argv, *argv[argv.index(args.command) + 1:]])
     values = {o.path: getattr(args, o.dest) for o in options}
@@ -187,6 +187,12 @@ def cmd_sample(p: Parsed) -> int:
 
     config = _validated(p[SampleConfig])
     run = load_run(config.model, device=resolve_device(config.device))
+    if config.label is not None and not run.num_classes:
+        raise ConfigError(f"--label {config.label}: the run {config.model!r} is not class-conditional (pretrained "
+                          "without --conditional); drop --label")
+    if config.label is not None and not 0 <= config.label < run.num_classes:
+        raise ConfigError(f"--label {config.label} is out of range: the run {config.model!r} has classes "
+                          f"0..{run.num_classes - 1}; pass one of them")
     out = Path(config.out)
     if out.suffix == ".png" and not (len(run.shape) == 3 or run.shape == (2,)):
         raise ConfigError(f"a PNG needs images or 2-D points, but this model makes shape {run.shape}; write .npy instead")

@@ -151,58 +151,130 @@ def build_settings(cls: type, values: dict[tuple[str, ...], Any], prefix: tuple[
 
 
 def config_mapping(path: str, command: str) -> dict[str, Any]:
-    """Option name -> value from a YAML file, or from the saved settings of a run's ``config.json``."""
+    """Option name -> value from a YAML file, or from the saved settings of a run's ``config.json``.
+
+    Anything that is not such a file (a folder, bytes that are not UTF-8 text, a YAML list or scalar, broken
+    syntax) is one :class:`ConfigError` line naming the file and the fix.
+    """
+    if not str(path).strip():
+        raise ConfigError("--config is empty; give a YAML file, or drop --config")
     file = Path(path)
-    if not file.is_file():
+    kind = "JSON" if file.suffix == ".json" else "YAML"
+    if file.is_dir():
+        raise ConfigError(f"--config {path!r} is a folder; give a YAML file (or the config file inside a run folder)")
+    if not file.exists():
         raise ConfigError(f"config file {path!r} does not exist; check the --config path")
+    if not file.is_file():
+        raise ConfigError(f"--config {path!r} is not a regular file; give a YAML file")
     try:
-        text = file.read_text(encoding="utf-8")
-        data = json.loads(text) if file.suffix == ".json" else yaml.safe_load(text)
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a text file in UTF-8; give a YAML file or a run's config.json") from None
+        raw = file.read_bytes()
+        if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+            raise ConfigError(f"{path}: is UTF-16 text; save it as UTF-8")
+        if b"\x00" in raw:
+            raise ConfigError(f"{path}: is a binary file, not {kind}; give a YAML file of option: value lines")
+        text = raw.decode("utf-8-sig")  # a UTF-8 BOM (Windows editors) is allowed
+        data = json.loads(text) if kind == "JSON" else yaml.safe_load(text)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+                          "save it as UTF-8, or give a YAML file or a run's config.json") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it ({exc.strerror or exc}); check the file's permissions") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a config; write one option: value per line") from None
     except (yaml.YAMLError, ValueError) as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}" if where is not None else f" at line {exc.lineno}" if hasattr(exc, "lineno") else ""
-        raise ConfigError(f"{path}: not valid {'JSON' if file.suffix == '.json' else 'YAML'}{at}; fix the file's "
-                          "syntax") from None
+        problem = getattr(exc, "problem", None) or getattr(exc, "msg", None) or getattr(exc, "reason", None)
+        why = f" ({' '.join(str(problem).split())})" if problem else ""
+        raise ConfigError(f"{path}: not valid {kind}{at}{why}; fix the file's syntax") from None
     data = {} if data is None else data
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of option: value, got {type(data).__name__}")
+        what = {list: "a list", str: "text", bool: "true/false", int: "a number", float: "a number"}.get(type(data))
+        shown = " ".join(repr(data).split())
+        shown = shown if len(shown) <= 40 else shown[:40] + "..."
+        raise ConfigError(f"{path}: holds {what or type(data).__name__} ({shown}), not a mapping of option: value; "
+                          "write one option: value per line (e.g. steps: 500)")
     if data.get("format") == "flowsteer-run":  # a run's config.json: its saved settings
         if data.get("method") != command:
             raise ConfigError(f"{path} is the config of a {data.get('method')} run; use it with flowsteer "
                               f"{data.get('method')}, or give a YAML file")
-        settings = dict(data.get("settings") or {})
+        settings = data.get("settings") or {}
+        if not isinstance(settings, dict):
+            raise ConfigError(f"{path}: its 'settings' are not a mapping; the file is damaged - give a YAML file")
+        settings = dict(settings)
         nested = {k: settings.pop(k) for k in list(settings) if isinstance(settings[k], dict)}
         data = {**settings, **{k: v for inner in nested.values() for k, v in inner.items()}}
     return data
 
 
 def config_argv(options: list[Option], data: dict[str, Any], path: str) -> list[str]:
-    """argv tokens for a config mapping (so argparse checks their types like the command line's)."""
+    """argv tokens for a config mapping, each value checked here so that a bad one names the file and the key.
+
+    A section of nested settings (``train: {lr: 0.001}``, as in a run's config.json) is read like its options
+    at the top level; an option given twice (``lr`` and ``train.lr``, or ``batch_size`` and ``batch-size``) is
+    an error, as is a mapping or list where one value belongs.
+    """
     by_name = {name: o for o in options for name in o.names}
-    argv: list[str] = []
-    unknown = []
+    sections = {o.path[0] for o in options if len(o.path) > 1}
+    items: list[tuple[str, Any, Option | None]] = []
     for key, value in data.items():
-        option = by_name.get(str(key))
+        if str(key) in sections and isinstance(value, dict):
+            for k, v in value.items():
+                option = by_name.get(str(k))
+                items.append((f"{key}.{k}", v, option if option is not None and option.path[0] == str(key) else None))
+        else:
+            items.append((str(key), value, by_name.get(str(key))))
+    argv: list[str] = []
+    unknown: list[str] = []
+    seen: dict[tuple[str, ...], str] = {}
+    for key, value, option in items:
         if option is None or option.spec.metadata.get("positional") or option.path[-1] == "config":
-            unknown.append(str(key))
+            unknown.append(key)
             continue
+        if option.path in seen:
+            raise ConfigError(f"{path}: option {option.flag.lstrip('-')} is given twice ({seen[option.path]} and "
+                              f"{key}); keep one")
+        seen[option.path] = key
+        name = key.rsplit(".", 1)[-1]
         if option.kind is bool:
             if not isinstance(value, bool):
                 raise ConfigError(f"{path}: option {key!r} must be true or false, got {value!r}")
-            if str(key).startswith("no-"):
+            if name.startswith("no-"):
                 value = not value
             if value != option.default:
                 argv.append(option.flag)
         elif value is not None:
-            if isinstance(value, (dict, list, tuple)) and not option.spec.metadata.get("listed"):
-                raise ConfigError(f"{path}: option {key!r} takes one value, got {value!r}")
-            text = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
-            argv += [option.flag, text]
+            argv.append(f"{option.flag}={_config_value(option, key, value, path)}")
     if unknown:
         names = sorted({o.flag.lstrip("-") for o in options if not o.spec.metadata.get("positional")})
-        hints = [f"{k} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(k.replace("_", "-"), names, 1)) else k
-                 for k in unknown]
+        hints = [f"{k} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(k.split(".")[-1].replace("_", "-"),
+                                                                                 names, 1)) else k for k in unknown]
         raise ConfigError(f"{path}: unknown option(s) {', '.join(hints)}; valid options: {', '.join(names)}")
     return argv
+
+
+def _config_value(option: Option, key: str, value: Any, path: str) -> str:
+    """The command-line text of one config value, checked like the command line checks it (one line if bad)."""
+    listed = option.spec.metadata.get("listed")
+    default = option.default
+    shown = f"[{', '.join(map(str, default))}]" if isinstance(default, (list, tuple)) else default
+    example = f"{key.rsplit('.', 1)[-1]}: {shown if default not in (None, '', ()) else 'VALUE'}"
+    nested = isinstance(value, (list, tuple)) and any(isinstance(v, (dict, list, tuple)) for v in value)
+    if isinstance(value, dict) or nested or (isinstance(value, (list, tuple)) and not listed):
+        what = "a mapping" if isinstance(value, dict) else "a list"
+        shown = " ".join(repr(value).split())
+        shown = shown if len(shown) <= 40 else shown[:40] + "..."
+        raise ConfigError(f"{path}: option {key!r} takes {'a value or a list of values' if listed else 'one value'}, "
+                          f"got {what} ({shown}); write it like {example}")
+    text = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+    item = typing.get_args(option.kind)[0] if typing.get_origin(option.kind) is tuple else option.kind
+    check = _listed(item) if listed else _number(item) if item in (int, float) else None
+    try:
+        if check is not None:
+            check(text)
+    except argparse.ArgumentTypeError as exc:
+        raise ConfigError(f"{path}: option {key!r}: {exc}; write it like {example}") from None
+    choices = option.spec.metadata.get("choices")
+    if choices and not listed and text not in choices:
+        raise ConfigError(f"{path}: option {key!r} is {text!r}; use one of {', '.join(map(str, choices))}")
+    return text
