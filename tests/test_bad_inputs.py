@@ -94,6 +94,69 @@ CASES = [
     ("init-lora-unknown-key", "--init-lora with a key that is no LoRA weight",
      "align --base {ws}/run --reward target:1,0 --init-lora {ws}/unknown_key.safetensors --out {ws}/new", 2,
      "unknown key 'transformer.transformer_blocks.0.attn.to_q.alpha'"),
+    # --- issue 14: data (labels, image folders, unreadable YAML, float32 overflow)
+    ("npz-label-negative", "an .npz label below 0", "pretrain --data {ws}/labels_negative.npz --out {ws}/new", 2,
+     "label -1 at row 5 is negative"),
+    ("npz-label-huge", "an .npz label far beyond the number of samples",
+     "pretrain --data {ws}/labels_huge.npz --out {ws}/new", 2, "label 1000000000000 at row 2 is out of range"),
+    ("npz-label-uint64", "an unsigned .npz label that int64 would wrap to a negative number",
+     "pretrain --data {ws}/labels_uint64.npz --out {ws}/new", 2, "label 9223372036854775813 at row 0 is out of range"),
+    ("npz-label-float", "float .npz labels", "pretrain --data {ws}/labels_float.npz --out {ws}/new", 2,
+     "labels have dtype float64"),
+    ("npz-label-text", "text .npz labels", "pretrain --data {ws}/labels_text.npz --out {ws}/new", 2,
+     "map each class to a whole number"),
+    ("npz-label-objects", "Python objects as .npz labels (None among the classes)",
+     "pretrain --data {ws}/labels_objects.npz --out {ws}/new", 2, "save numbers, not Python objects"),
+    ("npz-label-length", "fewer .npz labels than samples", "pretrain --data {ws}/labels_short.npz --out {ws}/new", 2,
+     "labels have shape (39,) for 40 samples"),
+    ("npz-label-column", "labels as a column [N, 1]", "pretrain --data {ws}/labels_column.npz --out {ws}/new", 2,
+     "labels have shape (40, 1) for 40 samples"),
+    ("sample-label-range", "sample --label beyond the run's classes",
+     "sample --model {ws}/labelled --n 10 --label 3 --out {ws}/new.npy", 2, "--label 3 is out of range"),
+    ("sample-label-negative", "a negative sample --label",
+     "sample --model {ws}/labelled --n 10 --label -1 --out {ws}/new.npy", 2, "--label -1 is out of range"),
+    ("sample-label-huge", "a sample --label beyond int64",
+     "sample --model {ws}/labelled --n 10 --label 99999999999999999999999 --out {ws}/new.npy", 2,
+     "has classes 0..2"),
+    ("sample-label-no-classes", "sample --label on a run without classes",
+     "sample --model {ws}/run --n 10 --label 0 --out {ws}/new.npy", 2, "is not class-conditional"),
+    ("folder-images-and-classes", "an image folder with images at the top and class sub-folders",
+     "pretrain --data {ws}/half_classes --out {ws}/new", 2, "holds both images"),
+    ("folder-empty-class", "an image folder with an empty class folder",
+     "pretrain --data {ws}/empty_class --out {ws}/new", 2, "class folder has no PNG or JPEG images"),
+    ("folder-nested-class", "a class folder with a folder inside",
+     "pretrain --data {ws}/nested_class --out {ws}/new", 2, "class folder holds a folder (more/)"),
+    ("folder-only-hidden", "an image folder whose only images are hidden",
+     "pretrain --data {ws}/only_hidden --out {ws}/new", 2, "folder has no PNG or JPEG images"),
+    ("folder-gif", "an image folder with a GIF among the PNGs", "pretrain --data {ws}/with_gif --out {ws}/new", 2,
+     ".gif images are not read"),
+    ("yaml-latin1", "a config file in Latin-1", "pretrain --config {ws}/latin1.yaml --out {ws}/new", 2,
+     "not UTF-8 text (byte 0xe9"),
+    ("yaml-binary", "a binary file as --config", "pretrain --config {ws}/binary.yaml --out {ws}/new", 2,
+     "is a binary file"),
+    ("yaml-utf16", "a config file saved as UTF-16 (PowerShell's default)",
+     "pretrain --config {ws}/utf16.yaml --out {ws}/new", 2, "is UTF-16 text; save it as UTF-8"),
+    ("yaml-folder", "a folder as --config", "pretrain --config {ws}/empty --out {ws}/new", 2, "is a folder"),
+    ("yaml-list", "a YAML list instead of a mapping", "pretrain --config {ws}/list.yaml --out {ws}/new", 2,
+     "holds a list"),
+    ("yaml-scalar", "a YAML scalar instead of a mapping", "pretrain --config {ws}/scalar.yaml --out {ws}/new", 2,
+     "holds text ('moons')"),
+    ("yaml-mapping-value", "a mapping where a value belongs (lr: {a: 1})",
+     "pretrain --config {ws}/mapping_value.yaml --out {ws}/new", 2, "option 'lr' takes one value, got a mapping"),
+    ("yaml-list-value", "a list where one value belongs (steps: [1, 2])",
+     "pretrain --config {ws}/list_value.yaml --out {ws}/new", 2, "option 'steps' takes one value, got a list"),
+    ("yaml-nested-unknown", "an unknown key in a nested section (train: {colour: 1})",
+     "pretrain --config {ws}/nested_unknown.yaml --out {ws}/new", 2, "unknown option(s) train.colour"),
+    ("yaml-bad-number", "a YAML value that is not a number", "pretrain --config {ws}/bad_number.yaml --out {ws}/new",
+     2, "option 'lr': 'fast' is not a number"),
+    ("yaml-bad-choice", "a YAML value that is not one of the choices",
+     "pretrain --config {ws}/bad_choice.yaml --out {ws}/new", 2, "option 'coupling' is 'magic'; use one of"),
+    ("yaml-twice", "one option given twice (lr and train.lr)", "pretrain --config {ws}/twice.yaml --out {ws}/new", 2,
+     "option lr is given twice (lr and train.lr)"),
+    ("float32-overflow", "a finite float64 value beyond float32", "pretrain --data {ws}/huge.npy --out {ws}/new", 2,
+     "value 1e+300 at row 3 overflows float32"),
+    ("float32-overflow-npz", "a finite negative float64 value beyond float32 in an .npz",
+     "pretrain --data {ws}/huge.npz --out {ws}/new", 2, "value -3e+39 at row 7 overflows float32"),
 ]
 
 
@@ -145,7 +208,64 @@ def build_workspace(ws: Path, run: Path) -> Path:
     (ws / "corrupt" / latest / "trainer_state.pt").write_bytes(b"\x80\x02 not a checkpoint")
     _write_reward_file(ws / "rewards.py")
     _write_lora_files(ws)
+    _write_data_cases(ws)  # issue 14: data
     return ws
+
+
+# --- issue 14: data - the workspace files of its cases
+def _write_data_cases(ws: Path) -> None:
+    from PIL import Image
+
+    from flowsteer import PretrainConfig, TrainConfig, pretrain
+
+    x = np.random.default_rng(0).normal(size=(40, 2)).astype(np.float32)
+    y = np.arange(40) % 3
+    np.savez(ws / "labelled.npz", x=x, y=y)
+    pretrain(PretrainConfig(data=str(ws / "labelled.npz"), conditional=True, width=8,
+                            train=TrainConfig(steps=4, batch_size=8, warmup_steps=0, log_every=2)),
+             ws / "labelled", progress="quiet")
+    np.savez(ws / "labels_negative.npz", x=x, y=np.where(np.arange(40) == 5, -1, y))
+    np.savez(ws / "labels_huge.npz", x=x, y=np.where(np.arange(40) == 2, 10**12, y))
+    np.savez(ws / "labels_uint64.npz", x=x, y=np.full(40, 2**63 + 5, dtype=np.uint64))
+    np.savez(ws / "labels_float.npz", x=x, y=y.astype(np.float64))
+    np.savez(ws / "labels_text.npz", x=x, y=np.array(["cat", "dog"] * 20))
+    np.savez(ws / "labels_objects.npz", x=x, y=np.array([0, None] * 20, dtype=object))
+    np.savez(ws / "labels_short.npz", x=x, y=y[:39])
+    np.savez(ws / "labels_column.npz", x=x, y=y[:, None])
+    huge = x.astype(np.float64)
+    huge[3, 1] = 1e300
+    np.save(ws / "huge.npy", huge)
+    huge = x.astype(np.float64)
+    huge[7, 0] = -3e39
+    np.savez(ws / "huge.npz", x=huge)
+
+    def images(folder: Path, n: int, size: int = 4) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.new("L", (size, size), color=i * 10).save(folder / f"{i}.png")
+
+    images(ws / "half_classes", 3)
+    images(ws / "half_classes" / "cat", 3)
+    images(ws / "empty_class" / "cat", 3)
+    (ws / "empty_class" / "dog").mkdir()
+    images(ws / "nested_class" / "cat", 3)
+    images(ws / "nested_class" / "cat" / "more", 2)
+    images(ws / "only_hidden" / ".ipynb_checkpoints", 3)
+    Image.new("L", (4, 4)).save(ws / "only_hidden" / ".hidden.png")
+    (ws / "only_hidden" / "README.md").write_text("pictures\n")
+    images(ws / "with_gif", 3)
+    Image.new("L", (4, 4)).save(ws / "with_gif" / "extra.gif")
+    (ws / "latin1.yaml").write_bytes("data: moons\n# café\n".encode("latin-1"))
+    (ws / "utf16.yaml").write_text("data: moons\n", encoding="utf-16")
+    (ws / "binary.yaml").write_bytes(b"data: moons\n\x00\x01\x02\xff\xfe")
+    (ws / "list.yaml").write_text("- data: moons\n- steps: 10\n")
+    (ws / "scalar.yaml").write_text("moons\n")
+    (ws / "mapping_value.yaml").write_text("data: moons\nlr: {a: 1}\n")
+    (ws / "list_value.yaml").write_text("data: moons\nsteps: [1, 2]\n")
+    (ws / "nested_unknown.yaml").write_text("data: moons\ntrain:\n  lr: 0.01\n  colour: blue\n")
+    (ws / "bad_number.yaml").write_text("data: moons\nlr: fast\n")
+    (ws / "bad_choice.yaml").write_text("data: moons\ncoupling: magic\n")
+    (ws / "twice.yaml").write_text("data: moons\nlr: 0.01\ntrain:\n  lr: 0.02\n")
 
 
 def _digest(ws: Path) -> dict[str, str]:
