@@ -150,6 +150,20 @@ def build_settings(cls: type, values: dict[tuple[str, ...], Any], prefix: tuple[
     return cls(**kwargs)
 
 
+def _key_twice(node: Any) -> tuple[str, int, int] | None:
+    """(key, first line, second line) of a key that a YAML mapping repeats (PyYAML would keep the last silently)."""
+    if isinstance(node, yaml.MappingNode):
+        lines: dict[str, int] = {}
+        for key, _ in node.value:
+            if isinstance(key, yaml.ScalarNode):
+                if key.value in lines:
+                    return key.value, lines[key.value], key.start_mark.line + 1
+                lines[key.value] = key.start_mark.line + 1
+    children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else \
+        node.value if isinstance(node, yaml.SequenceNode) else []
+    return next((found for child in children if (found := _key_twice(child))), None)
+
+
 def config_mapping(path: str, command: str) -> dict[str, Any]:
     """Option name -> value from a YAML file, or from the saved settings of a run's ``config.json``.
 
@@ -173,6 +187,9 @@ def config_mapping(path: str, command: str) -> dict[str, Any]:
         if b"\x00" in raw:
             raise ConfigError(f"{path}: is a binary file, not {kind}; give a YAML file of option: value lines")
         text = raw.decode("utf-8-sig")  # a UTF-8 BOM (Windows editors) is allowed
+        twice = None if kind == "JSON" else _key_twice(yaml.compose(text, Loader=yaml.SafeLoader))
+        if twice:
+            raise ConfigError(f"{path}: key {twice[0]!r} is given twice (lines {twice[1]} and {twice[2]}); keep one")
         data = json.loads(text) if kind == "JSON" else yaml.safe_load(text)
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
