@@ -153,6 +153,8 @@ CASES = [
      "pretrain --config {ws}/bad_choice.yaml --out {ws}/new", 2, "option 'coupling' is 'magic'; use one of"),
     ("yaml-twice", "one option given twice (lr and train.lr)", "pretrain --config {ws}/twice.yaml --out {ws}/new", 2,
      "option lr is given twice (lr and train.lr)"),
+    ("yaml-duplicate-key", "a YAML key given twice (PyYAML keeps the last silently)",
+     "pretrain --config {ws}/duplicate.yaml --out {ws}/new", 2, "key 'data' is given twice (lines 1 and 3)"),
     ("float32-overflow", "a finite float64 value beyond float32", "pretrain --data {ws}/huge.npy --out {ws}/new", 2,
      "value 1e+300 at row 3 overflows float32"),
     ("float32-overflow-npz", "a finite negative float64 value beyond float32 in an .npz",
@@ -266,6 +268,7 @@ def _write_data_cases(ws: Path) -> None:
     (ws / "bad_number.yaml").write_text("data: moons\nlr: fast\n")
     (ws / "bad_choice.yaml").write_text("data: moons\ncoupling: magic\n")
     (ws / "twice.yaml").write_text("data: moons\nlr: 0.01\ntrain:\n  lr: 0.02\n")
+    (ws / "duplicate.yaml").write_text("data: moons\nsteps: 10\ndata: circles\n")
 
 
 def _digest(ws: Path) -> dict[str, str]:
