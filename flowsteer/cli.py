@@ -4,8 +4,8 @@
     flowsteer sample   --model DIR --n N --out FILE.npy|FILE.png [options]
     flowsteer align    --base RUN_DIR --reward SPEC --out DIR [options]
     flowsteer adapt    --base RUN_DIR --target NAME|PATH --out DIR [options]
-    flowsteer evaluate --model RUN_DIR [--reward SPEC] [--reference RUN_DIR] [--target NAME|PATH] --json FILE
-    flowsteer report   RUN_DIR... --out DIR
+    flowsteer evaluate --model RUN_DIR [--reward SPEC] [--reference RUN_DIR] [--target NAME|PATH] [--json FILE]
+    flowsteer report   RUN_DIR... [--out DIR]
     flowsteer export   RUN_DIR --out DIR [--format diffusers|peft] [--merge] [--lora-metadata]
     flowsteer demo     [--out DIR] [--fast]
 
@@ -182,7 +182,7 @@ def cmd_pretrain(p: Parsed) -> int:
 
 def cmd_sample(p: Parsed) -> int:
     from .devices import resolve_device
-    from .plots import save_samples
+    from .plots import GRID_IMAGES, save_samples
     from .runs import load_run
 
     config = _validated(p[SampleConfig])
@@ -191,8 +191,10 @@ def cmd_sample(p: Parsed) -> int:
     if out.suffix == ".png" and not (len(run.shape) == 3 or run.shape == (2,)):
         raise ConfigError(f"a PNG needs images or 2-D points, but this model makes shape {run.shape}; write .npy instead")
     result = run.sample(config.n, solver=config.solver, steps=config.steps, seed=config.seed, labels=config.label)
-    save_samples(result.x, out, title=f"{run.config['data']['spec']} - {result.nfe} NFE")
-    p.say(f"wrote {config.n} samples to {out} ({result.nfe} NFE)")
+    save_samples(result.x, out, title=f"{Path(config.model).resolve().name}: {result.nfe} NFE")
+    shown = min(config.n, GRID_IMAGES) if out.suffix == ".png" and len(run.shape) == 3 else config.n
+    p.say(f"wrote {config.n} samples to {out} ({result.nfe} NFE)"
+          + (f"; the grid shows the first {shown}" if shown < config.n else ""))
     return 0
 
 
@@ -270,21 +272,31 @@ def cmd_adapt(p: Parsed) -> int:
 def cmd_evaluate(p: Parsed) -> int:
     from .evaluation import evaluate, evaluation_json, write_evaluation
 
+    from .evaluation import summary_lines
+    from .runs import EVALUATION_FILE
+
     config = _validated(p[EvaluationConfig])
     result = evaluate(config)
     if config.json == "-":
-        sys.stdout.write(evaluation_json(result))
-    else:
-        write_evaluation(result, Path(config.json))
-        p.say(f"wrote {config.json}")
+        sys.stdout.write(evaluation_json(result))  # stdout carries the JSON alone
+        return 0
+    path = Path(config.json) if config.json else Path(config.model) / EVALUATION_FILE
+    write_evaluation(result, path)
+    for line in summary_lines(result):
+        p.say(line)
+    p.say(f"wrote {path}" + (" (flowsteer report reads it from there)" if path.name == EVALUATION_FILE else ""))
     return 0
 
 
 def cmd_report(p: Parsed) -> int:
     from .report import write_report
 
+    from .report import default_report_out
+
     config = p[ReportConfig]
-    index = write_report([Path(r) for r in config.runs], Path(config.out), title=config.title, say=p.say)
+    paths = [Path(r) for r in config.runs]
+    index = write_report(paths, Path(config.out) if config.out else default_report_out(paths), title=config.title,
+                         say=p.say)
     p.say(f"report: {index.resolve()}")
     return 0
 

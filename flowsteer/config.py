@@ -191,7 +191,9 @@ class EvaluationConfig:
     nfes: tuple[int, ...] = option((1, 2, 4, 8, 50), listed=True, flag="--nfe", metavar="K[,K...]",
                                    help="numbers of solver steps to sample with")
     seed: int = option(0, help="seed of the noise, labels and SDE")
-    json: str | None = option(None, required=True, metavar="FILE", help="where to write the JSON object ('-' = stdout)")
+    json: str | None = option(None, metavar="FILE",
+                              help="where to write the JSON object ('-' = stdout); default: evaluation.json in the run "
+                                   "folder, which flowsteer report reads")
     device: str = option("auto", help=DEVICE_HELP)
 
     def validate(self) -> list[str]:
@@ -211,7 +213,9 @@ class ReportConfig:
 
     runs: list[str] = option(factory=list, positional=True, nargs="+", metavar="RUN_DIR",
                              help="run folders or sweep folders")
-    out: str = option("", required=True, metavar="DIR", help="folder to write index.html and its images into")
+    out: str = option("", metavar="DIR",
+                      help="folder to write index.html and its images into; default: FOLDER/report when one folder of "
+                           "runs is given (as the demo writes it), else ./report")
     title: str = option("flowsteer report", help="page title")
 
     def validate(self) -> list[str]:
