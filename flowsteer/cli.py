@@ -190,6 +190,8 @@ def cmd_sample(p: Parsed) -> int:
     out = Path(config.out)
     if out.suffix == ".png" and not (len(run.shape) == 3 or run.shape == (2,)):
         raise ConfigError(f"a PNG needs images or 2-D points, but this model makes shape {run.shape}; write .npy instead")
+    if out.suffix == ".csv" and len(run.shape) != 1:
+        raise ConfigError(f"a CSV file holds vectors, but this model makes shape {run.shape}; write .npy or .png instead")
     result = run.sample(config.n, solver=config.solver, steps=config.steps, seed=config.seed, labels=config.label)
     save_samples(result.x, out, title=f"{Path(config.model).resolve().name}: {result.nfe} NFE")
     shown = min(config.n, GRID_IMAGES) if out.suffix == ".png" and len(run.shape) == 3 else config.n

@@ -158,7 +158,8 @@ class SampleConfig:
     model: str = option("", required=True, metavar="DIR", help="a flowsteer run folder")
     n: int = option(1000, help="number of samples")
     out: str = option("", required=True, metavar="FILE",
-                      help=".npy for the array (data units), .png for an image grid or a 2-D scatter")
+                      help=".npy for the array (data units), .csv for vectors as text, .png for an image grid or a 2-D "
+                           "scatter")
     solver: str | None = option(None, choices=SOLVERS,
                                 help="heun (default for sigma = 0), euler, midpoint, dopri5 (adaptive), "
                                      "euler-maruyama (sigma > 0)")
@@ -169,8 +170,9 @@ class SampleConfig:
 
     def validate(self) -> list[str]:
         p = []
-        if not self.out.endswith((".npy", ".png")):
-            p.append(f"--out {self.out!r}: unsupported extension; use .npy (array) or .png (picture)")
+        if not self.out.endswith((".npy", ".png", ".csv")):
+            p.append(f"--out {self.out!r}: unsupported extension; use .npy (array), .csv (vectors as text) or .png "
+                     "(picture)")
         if self.n < 1:
             p.append(f"--n must be >= 1 (got {self.n})")
         if self.steps < 1:

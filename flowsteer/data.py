@@ -8,6 +8,8 @@ A data *spec* is a string:
 * ``digits`` or ``digits:0,2,4``: sklearn's 8x8 digits (1797 images, shape
   ``(1, 8, 8)``, pixel values 0..16 scaled to [-1, 1]) with labels, optionally
   only some classes;
+* ``PATH.csv``: numeric vectors, one per row, with or without a header row; a ``y`` or ``label`` column
+  holds class labels (:mod:`flowsteer.csv_io`);
 * ``PATH.npy`` / ``PATH.npz``: an array ``[N, D]`` (vectors), ``[N, H, W]`` or
   ``[N, C, H, W]`` (images); an ``.npz`` holds ``x`` (or a single array) and
   optionally integer labels ``y``;
@@ -267,8 +269,13 @@ def load_user_data(path: Path) -> DataSet:
         x, labels = _load_image_folder(path)
     elif path.suffix in (".npy", ".npz"):
         x, labels = _load_array_file(path)
+    elif path.suffix.lower() == ".csv":
+        from .csv_io import read_csv
+
+        x, labels = read_csv(path)
     else:
-        raise DataError(f"{path}: unsupported file type {path.suffix!r}; use .npy, .npz or a folder of PNG/JPEG images")
+        raise DataError(f"{path}: unsupported file type {path.suffix!r}; use .npy, .npz, .csv or a folder of PNG/JPEG "
+                        "images")
     x = _check_array(np.asarray(x), str(path))
     y = None
     num_classes = 0

@@ -72,8 +72,13 @@ def image_grid(x: Tensor | np.ndarray, *, ncol: int | None = None, pad: int = 1)
 
 
 def save_samples(x: Tensor, path: str | Path, *, title: str | None = None) -> None:
-    """Write samples to ``path``: ``.npy`` for the array (data units), ``.png`` for a picture."""
-    if Path(path).suffix == ".npy":
+    """Write samples to ``path``: ``.npy`` for the array (data units), ``.csv`` for vectors as text, ``.png`` for a
+    picture."""
+    if Path(path).suffix.lower() == ".csv":
+        from .csv_io import write_csv
+
+        write_csv(torch.as_tensor(x).detach().cpu().numpy(), path)
+    elif Path(path).suffix == ".npy":
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as fh:
                 np.save(fh, torch.as_tensor(x).detach().cpu().numpy())
