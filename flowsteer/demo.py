@@ -72,7 +72,7 @@ FAST_WARNING = ("its runs are far too short to show the collapse at alpha = 0 or
 
 # Share of the full demo's time spent in each stage (measured: 2 workers on a 2-core CPU, see docs/results.md);
 # the ETA scales the time spent so far by these shares.
-STAGE_SHARE = (0.30, 0.33, 0.22, 0.13, 0.02)
+STAGE_SHARE = (0.25, 0.50, 0.14, 0.06, 0.05)
 
 
 class _Clock:

@@ -46,7 +46,7 @@ def _plain_log_axis(axis, ticks: list[float] | None = None) -> None:
     if ticks:
         axis.set_major_locator(ticker.FixedLocator(sorted(set(ticks))))
     else:
-        axis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        axis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))
     axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     axis.set_minor_formatter(ticker.NullFormatter())
 

@@ -21,7 +21,8 @@ def test_evaluate_writes_into_the_run_and_report_reads_a_folder_of_runs(tmp_path
     assert proc.returncode == 0, proc.stderr
     page = (runs / "report" / "index.html").read_text()
     assert "1 run(s): 1 pretrain (pretrain on moons)" in page
-    assert "From flowsteer evaluate (evaluation.json): 200 samples at 20 NFE against" in page
+    assert "From flowsteer evaluate (evaluation.json): each run&#x27;s figures at 20 NFE" in page
+    assert "<th>held-out target samples</th>" in page and "Adapting" not in page
     # a second report over the same folder skips the first report's folder
     proc = cli("report", str(runs), "--out", str(tmp_path / "again"))
     assert proc.returncode == 0 and "1 run(s)" in (tmp_path / "again" / "index.html").read_text()

@@ -29,15 +29,16 @@ def test_collapse_and_kept_classes_at_their_thresholds():
     collapsed = align_run("a0", [COLLAPSE_SHARE, 1 - COLLAPSE_SHARE] + [0.0] * 8, reward=0.99, alpha=0.0)
     just_below = align_run("a1", [COLLAPSE_SHARE - 0.01, 0.01 + 0.1 - KEPT_SHARE, KEPT_SHARE] + [0.0] * 7,
                            reward=0.98, alpha=0.05)
-    spread = align_run("a2", [0.2, 0.0, 0.2, 0.0, 0.2, 0.0, 0.2, 0.0, 0.16, 0.04], reward=0.943, alpha=0.15)
+    spread = align_run("a2", [0.2, 0.004, 0.048, 0.0, 0.2, 0.0, 0.35, 0.0, 0.196, 0.002], reward=0.943, alpha=0.15)
     text = items(opening_summary([collapsed, just_below, spread], samples_anchor={"a0": "samples-0"}))
     assert text[1].startswith("a0 (orw, alpha=0) collapsed: 90 % of samples are one class (0); P(even) 0.990")
     assert "href='#samples-0'" in text[1] and "href='#table-evaluate'" in text[1]
     assert "flowsteer evaluate: 1000 samples at 50 NFE" in text[1]
-    assert text[2].startswith("a1 (orw, alpha=0.05) kept 3 classes (0, 1, 2)")  # 0.89 is below the collapse share
-    assert "kept 5 classes (0, 2, 4, 6, 8)" in text[3] and "P(even) 0.943" in text[3]  # class 9 (4 %) is not kept
+    assert text[2].startswith("a1 (orw, alpha=0.05) kept 3 classes (0, 1, 2;")  # 0.89 is below the collapse share
+    # classes 1 and 9 (0.4 % and 0.2 %) are below the kept share; class 2 (4.8 %) is the rarest kept
+    assert "kept 5 classes (0, 2, 4, 6, 8; the rarest, 2, holds 4.8 % of samples)" in text[3] and "P(even) 0.943" in text[3]
     entropy = figures_of(spread).metrics["class_entropy"]
-    assert f"class entropy {entropy:.3f} nats of a possible {math.log(5):.3f} (ln 5" in text[3]
+    assert f"class entropy {entropy:.3f} nats (ln 5 = {math.log(5):.3f} would be even over the 5 classes kept)" in text[3]
 
 
 def test_training_figures_are_used_and_named_when_there_is_no_evaluation():

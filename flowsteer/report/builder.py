@@ -30,6 +30,7 @@ EVALUATION_COLUMNS = (
     ("metrics.top_class_share", "top-class share"), ("metrics.pairwise_distance", "pairwise dist."),
     ("metrics.w2_to_reference", "W2 to reference"), ("metrics.w2_to_target", "W2 to target"),
     ("metrics.fd_to_target", "FD to target"), ("metrics.path_length", "path length"), ("n", "samples"),
+    ("n_heldout", "held-out target samples"),
 )
 
 
@@ -117,7 +118,7 @@ def _table(runs: list[ReportRun], columns, get, *, anchor: str, caption: str) ->
         cells = "".join(f"<td>{_fmt(get(r, k))}</td>" for k, _ in shown)
         rows.append(f"<tr><th>{html.escape(r.label)}</th><td>{html.escape(r.method)}</td>"
                     f"<td>{html.escape(r.describe())}</td>{cells}</tr>")
-    return (f"<div class='scroll' id='{anchor}'><table><caption>{html.escape(caption)}</caption>"
+    return (f"<p class='note' id='{anchor}'>{html.escape(caption)}</p><div class='scroll'><table>"
             f"<thead><tr><th>run</th><th>kind</th><th>settings</th>{head}</tr></thead>"
             f"<tbody>{''.join(rows)}</tbody></table></div>")
 
@@ -127,7 +128,8 @@ body { font-family: system-ui, -apple-system, Segoe UI, Roboto, sans-serif; marg
        color: #222; padding: 0 1em; }
 h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: .2em; margin-top: 2em; }
 figure { margin: 1em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
-.row { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; } .row figure { margin: 0; }
+.row { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; }
+.row figure { margin: 0; display: table; } .row figcaption { display: table-caption; caption-side: bottom; }
 .scroll { overflow-x: auto; max-width: 100%; } caption { text-align: left; color: #555; padding: .3em 0; }
 li { margin: .4em 0; line-height: 1.4; }
 figcaption { color: #555; font-size: .9em; }
@@ -139,13 +141,15 @@ thead th { background: #f4f4f4; } tbody th, td:nth-child(2), td:nth-child(3) { t
 
 
 def _eval_caption(evaluated: list[ReportRun]) -> str:
-    sizes = sorted({(r.evaluation.get("n"), r.evaluation.get("n_heldout"), max(r.evaluation.get("nfes") or [0]))
-                    for r in evaluated if r.evaluation})
-    said = "; ".join(f"{n} samples at {nfe} NFE" + (f" against {held} held-out target samples" if held else "")
-                     for n, held, nfe in sizes)
-    return (f"From flowsteer evaluate (evaluation.json): {said}, one fixed noise batch (seed in the file). These are "
-            "the figures the opening summary quotes.")
+    nfes = sorted({max(r.evaluation.get("nfes") or [0]) for r in evaluated if r.evaluation})
+    return (f"From flowsteer evaluate (evaluation.json): each run's figures at {' / '.join(map(str, nfes))} NFE on the "
+            "samples counted in the 'samples' column (one fixed noise batch; the seed is in the file), W2 and FD to "
+            "the target against the held-out samples of the last column. These are the figures the opening summary "
+            "quotes.")
 
+
+FIGURE_NAMES = {"reward_mean": "mean reward", "w2_to_target": "W2 to target", "fd_to_target": "Frechet distance to target",
+                "w2_to_reference": "W2 to reference"}
 
 TRAINING_CAPTION = ("At the end of training (final_metrics.json): the last evaluation during training, on the run's own "
                     "evaluation samples (W2@K / FD@K: K Euler steps). Not the same samples as flowsteer evaluate's below.")
@@ -158,7 +162,7 @@ def write_report(paths: list[Path], out: Path, *, title: str = "flowsteer report
     from ..io import atomic_write_text
     from ..plots import (save_class_histograms, save_curves_vs_nfe, save_loss_curve, save_metric_vs_nfe,
                          save_metric_vs_step, save_panels, save_pareto, save_training_curves)
-    from .summary import opening_summary, reward_name
+    from .summary import opening_summary
 
     runs, sweeps = collect_runs(paths)
     if not runs:
@@ -204,8 +208,8 @@ def write_report(paths: list[Path], out: Path, *, title: str = "flowsteer report
             hist_name = f"classes-{i}.png"
             save_class_histograms(hists, img / hist_name)
             spec = _dig(group[0].evaluation, "reward_spec")
-            row.append(figure(hist_name, f"share of samples per predicted class ({reward_name(spec)} reward's "
-                                         "classifier, flowsteer evaluate)",
+            row.append(figure(hist_name, f"share of samples per predicted class (the {spec} reward's classifier; "
+                                         "flowsteer evaluate)",
                               alt="bar charts of the share of samples per class: " + "; ".join(
                                   f"{c}: " + ", ".join(f"{k} {v:.2f}" for k, v in enumerate(h)) for c, h in hists)))
         parts.append(f"<h3 id='samples-{i}'>{html.escape(heading)}</h3><div class='row'>{''.join(row)}</div>")
@@ -264,9 +268,10 @@ def write_report(paths: list[Path], out: Path, *, title: str = "flowsteer report
                   for r in evaluated}
         series = {k: v for k, v in series.items() if v}
         name = f"nfe-eval-{key}.png"
-        save_curves_vs_nfe(series, img / name, ylabel=key.replace("_", " "), log_y=not key.startswith("reward"),
-                           title=f"{key.replace('_', ' ')} per NFE (flowsteer evaluate)")
-        nfe_parts.append(figure(name, f"{key} against the number of solver steps, from flowsteer evaluate "
+        label = FIGURE_NAMES.get(key, key.replace("_", " "))
+        save_curves_vs_nfe(series, img / name, ylabel=label, log_y=not key.startswith("reward"),
+                           title=f"{label} per NFE (flowsteer evaluate)")
+        nfe_parts.append(figure(name, f"{label} ({key}) against the number of solver steps, from flowsteer evaluate "
                                       "(evaluation.json)"))
     if nfe_parts:
         parts.append("<h2 id='quality-vs-steps'>Quality against the number of steps</h2>")

@@ -9,7 +9,7 @@ Rules (stated once here, and in the page where they are used):
 
 * an ``align`` run **collapsed** when its most frequent class holds at least :data:`COLLAPSE_SHARE` of the
   samples; otherwise it **kept** every class holding at least :data:`KEPT_SHARE` of them;
-* class entropy is compared with ``ln k`` (uniform over the ``k`` classes kept), its largest possible value;
+* class entropy is shown beside ``ln k``, its value were the samples spread evenly over the ``k`` classes kept;
 * ``adapt`` runs are compared on the Frechet distance to held-out target samples at the largest NFE and,
   where measured, at 4 NFE (lower is better); two figures within 10 % of each other are called "about the
   same" - one seed each, so smaller differences say nothing.
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 COLLAPSE_SHARE = 0.9
-KEPT_SHARE = 0.05
+KEPT_SHARE = 0.01
 SAME_WITHIN = 0.10
 
 # Reward specs whose mean reward has a plain name (the probability the classifier gives the wanted classes).
@@ -107,10 +107,11 @@ def _align_sentence(run: Any, samples_anchor: str | None) -> str | None:
             return (f"{html.escape(who)} collapsed: {100 * hist[top]:.0f} % of samples are one class ({top}); "
                     f"{name} {reward:.3f}, class entropy {entropy:.3f} nats ({html.escape(f.source)}; {see}).")
         kept = [c for c, share in enumerate(hist) if share >= KEPT_SHARE]
-        most = math.log(len(kept)) if len(kept) > 1 else 0.0
-        return (f"{html.escape(who)} kept {len(kept)} classes ({', '.join(map(str, kept))}) with at least "
-                f"{100 * KEPT_SHARE:.0f} % of samples each: {name} {reward:.3f}, class entropy {entropy:.3f} nats "
-                f"of a possible {most:.3f} (ln {len(kept)}, uniform over them) ({html.escape(f.source)}; {see}).")
+        rarest = min(kept, key=lambda c: hist[c])
+        return (f"{html.escape(who)} kept {len(kept)} classes ({', '.join(map(str, kept))}; the rarest, {rarest}, holds "
+                f"{100 * hist[rarest]:.1f} % of samples): {name} {reward:.3f}, class entropy {entropy:.3f} nats (ln "
+                f"{len(kept)} = {math.log(len(kept)):.3f} would be even over the {len(kept)} classes kept) "
+                f"({html.escape(f.source)}; {see}).")
     extra = ", ".join(f"{label} {v:.3f}" for label, key in (("pairwise distance", "pairwise_distance"),
                                                             ("W2 to base", "w2_to_reference"))
                       if (v := _num(m.get(key))) is not None)
