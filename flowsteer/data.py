@@ -8,6 +8,7 @@ A data *spec* is a string:
 * ``digits`` or ``digits:0,2,4``: sklearn's 8x8 digits (1797 images, shape
   ``(1, 8, 8)``, pixel values 0..16 scaled to [-1, 1]) with labels, optionally
   only some classes;
+* ``mnist`` / ``mnist:CLASSES``: MNIST 28x28, its test set held out (prepared once: ``flowsteer data mnist``);
 * ``PATH.csv``: numeric vectors, one per row, with or without a header row; a ``y`` or ``label`` column
   holds class labels (:mod:`flowsteer.csv_io`);
 * ``PATH.npy`` / ``PATH.npz``: an array ``[N, D]`` (vectors), ``[N, H, W]`` or
@@ -168,6 +169,24 @@ def load_digits(classes: tuple[int, ...] | None = None) -> DataSet:
     return data
 
 
+def load_mnist(classes: tuple[int, ...] | None = None) -> tuple[DataSet, DataSet]:
+    """MNIST's 60,000 training and 10,000 test images as ``[N, 1, 28, 28]`` in [-1, 1] with labels 0..9 (the test
+    images are the held-out split); prepared once by ``flowsteer data mnist`` (:mod:`flowsteer.mnist`)."""
+    from .mnist import load_mnist_arrays
+
+    arrays = load_mnist_arrays()
+    name = "mnist" + (f":{','.join(map(str, classes))}" if classes else "")
+    splits = []
+    for split in ("train", "test"):
+        x = torch.from_numpy(arrays[f"x_{split}"]).float()[:, None] / 127.5 - 1.0
+        y = torch.from_numpy(arrays[f"y_{split}"])
+        if classes:
+            keep = torch.nonzero(torch.isin(y, torch.tensor(classes, device="cpu"))).squeeze(1)
+            x, y = x[keep], y[keep]
+        splits.append(DataSet(name, x, y, 10))
+    return splits[0], splits[1]
+
+
 def parse_classes(text: str) -> tuple[int, ...]:
     """``"0,2,4"`` or ``"5-9"`` -> tuple of ints."""
     out: list[int] = []
@@ -320,6 +339,8 @@ def load_data(spec: str, *, holdout_fraction: float = 0.1, split_seed: int = 0, 
     elif name == "digits":
         data = load_digits(parse_classes(arg) if arg else None)
         train, heldout = _holdout_split(data, holdout_fraction, split_seed)
+    elif name == "mnist":
+        train, heldout = load_mnist(parse_classes(arg) if arg else None)
     else:
         data = load_user_data(Path(spec).expanduser())
         train, heldout = _holdout_split(data, holdout_fraction, split_seed)
