@@ -114,3 +114,60 @@ def test_unprepared_mnist_gets_one_line_naming_the_prepare_command(tmp_path, mon
     assert "flowsteer data mnist" in proc.stderr and not (tmp_path / "run").exists()
     proc = cli("data", "mnist", "--wheel", str(tmp_path / "missing.whl"))
     assert proc.returncode == 2 and "does not exist" in proc.stderr
+
+
+def tiny_arrays(seed=0, n=64):
+    """Separable toy 'digits': class c lights row 2c; enough for a 1-epoch classifier test."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 10, n)
+    x = rng.integers(0, 30, (n, 28, 28)).astype(np.uint8)
+    for i, c in enumerate(y):
+        x[i, 2 * c: 2 * c + 2] = 255
+    return {"x_train": x, "y_train": y, "x_test": x[:32], "y_test": y[:32]}
+
+
+def test_classifier_training_is_deterministic_and_a_weak_one_is_refused_not_cached(tmp_path, monkeypatch):
+    from flowsteer.rewards import mnist_classifier as mc
+    from flowsteer.rewards import RewardError
+
+    a, _ = mc.train_classifier("judge", tiny_arrays(), epochs=1)
+    b, _ = mc.train_classifier("judge", tiny_arrays(), epochs=1)
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    monkeypatch.setenv("FLOWSTEER_DATA_DIR", str(tmp_path))
+    monkeypatch.setattr("flowsteer.mnist.load_mnist_arrays", lambda: tiny_arrays())
+    monkeypatch.setattr(mc, "train_classifier", lambda kind, arrays: (mc.build_classifier(kind), 0.5))
+    mc.load_classifier.cache_clear()
+    with pytest.raises(RewardError, match="0.5000 test accuracy, below 0.985"):
+        mc.load_classifier("reward")
+    assert not list(tmp_path.glob("*.safetensors"))
+
+
+def test_a_cached_classifier_is_loaded_without_training_and_scores_even_classes(tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    from flowsteer.rewards import build_reward
+    from flowsteer.rewards import mnist_classifier as mc
+
+    arrays = tiny_arrays()
+    monkeypatch.setenv("FLOWSTEER_DATA_DIR", str(tmp_path))
+    monkeypatch.setattr("flowsteer.mnist.load_mnist_arrays", lambda: arrays)
+    nets = {}
+    for kind in ("reward", "judge"):
+        torch.manual_seed(5)
+        nets[kind] = mc.build_classifier(kind)
+        stem = tmp_path / f"mnist_{kind}_classifier_v{mc.RECIPE_VERSION}_{mc.data_hash(arrays)[:16]}"
+        save_file(nets[kind].state_dict(), str(stem) + ".safetensors")
+
+    def no_training(*_, **__):
+        raise AssertionError("trained although cached")
+
+    monkeypatch.setattr(mc, "train_classifier", no_training)
+    mc.load_classifier.cache_clear(), mc._on.cache_clear()
+    reward = build_reward("even-mnist")
+    x = torch.rand(6, 1, 28, 28) * 2 - 1
+    with torch.no_grad():
+        p = torch.softmax(nets["reward"](x), 1)
+        judged = nets["judge"](x).argmax(1)
+    torch.testing.assert_close(reward(x), p[:, [0, 2, 4, 6, 8]].sum(1))
+    assert torch.equal(reward.classify(x), judged)  # class histograms come from the independent judge
+    mc.load_classifier.cache_clear(), mc._on.cache_clear()
