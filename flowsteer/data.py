@@ -8,6 +8,9 @@ A data *spec* is a string:
 * ``digits`` or ``digits:0,2,4``: sklearn's 8x8 digits (1797 images, shape
   ``(1, 8, 8)``, pixel values 0..16 scaled to [-1, 1]) with labels, optionally
   only some classes;
+* ``mnist`` / ``mnist:CLASSES``: MNIST 28x28, its test set held out (prepared once: ``flowsteer data mnist``);
+* ``PATH.csv``: numeric vectors, one per row, with or without a header row; a ``y`` or ``label`` column
+  holds class labels (:mod:`flowsteer.csv_io`);
 * ``PATH.npy`` / ``PATH.npz``: an array ``[N, D]`` (vectors), ``[N, H, W]`` or
   ``[N, C, H, W]`` (images); an ``.npz`` holds ``x`` (or a single array) and
   optionally labels ``y``, one integer class number per sample from 0 (see
@@ -33,10 +36,8 @@ import torch
 from torch import Tensor
 
 from .errors import DataError
+from .image_folders import IMAGE_SUFFIXES, image_folder_files, load_image_folder  # noqa: F401 (re-exported)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-OTHER_IMAGE_SUFFIXES = (".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".heic", ".avif", ".jp2")
-IGNORED_NAMES = ("__MACOSX",)  # besides every name that starts with "."
 TOY_TRAIN_SIZE = 20_000
 TOY_EVAL_SIZE = 5_000
 
@@ -147,7 +148,7 @@ def make_toy(name: str, n: int, *, seed: int = 0) -> np.ndarray:
         x2 = x2 + (np.floor(x1) % 2)
         x = np.stack([x1, x2], axis=1)
     else:
-        raise DataError(f"unknown data set {name!r}; use one of {', '.join(TOYS)}, digits[:CLASSES], a .npy/.npz file or an image folder")
+        raise DataError(f"unknown data set {name!r}; use one of {', '.join(TOYS)}, digits[:CLASSES], mnist[:CLASSES], a .npy/.npz/.csv file or an image folder")
     return x.astype(np.float32)
 
 
@@ -167,6 +168,24 @@ def load_digits(classes: tuple[int, ...] | None = None) -> DataSet:
         data = data.subset(torch.nonzero(keep).squeeze(1))
         data = DataSet(f"digits:{','.join(map(str, classes))}", data.x, data.labels, 10)
     return data
+
+
+def load_mnist(classes: tuple[int, ...] | None = None) -> tuple[DataSet, DataSet]:
+    """MNIST's 60,000 training and 10,000 test images as ``[N, 1, 28, 28]`` in [-1, 1] with labels 0..9 (the test
+    images are the held-out split); prepared once by ``flowsteer data mnist`` (:mod:`flowsteer.mnist`)."""
+    from .mnist import load_mnist_arrays
+
+    arrays = load_mnist_arrays()
+    name = "mnist" + (f":{','.join(map(str, classes))}" if classes else "")
+    splits = []
+    for split in ("train", "test"):
+        x = torch.from_numpy(arrays[f"x_{split}"]).float()[:, None] / 127.5 - 1.0
+        y = torch.from_numpy(arrays[f"y_{split}"])
+        if classes:
+            keep = torch.nonzero(torch.isin(y, torch.tensor(classes, device="cpu"))).squeeze(1)
+            x, y = x[keep], y[keep]
+        splits.append(DataSet(name, x, y, 10))
+    return splits[0], splits[1]
 
 
 def parse_classes(text: str) -> tuple[int, ...]:
@@ -237,87 +256,6 @@ def _load_array_file(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
         raise DataError(f"{path}: cannot read it as a numpy array ({type(exc).__name__}: {exc}); {fix}") from None
 
 
-def _visible(folder: Path) -> list[Path]:
-    try:
-        return sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.name not in IGNORED_NAMES)
-    except OSError as exc:
-        raise DataError(f"{folder}: cannot list the folder ({exc.strerror}); check its permissions") from None
-
-
-def _images_in(folder: Path, entries: list[Path]) -> list[Path]:
-    other = [p for p in entries if p.suffix.lower() in OTHER_IMAGE_SUFFIXES and p.is_file()]
-    if other:
-        raise DataError(f"{other[0]}: {other[0].suffix} images are not read (flowsteer reads PNG and JPEG only); "
-                        f"convert {'it' if len(other) == 1 else f'the {len(other)} such files'} to PNG")
-    return [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
-
-
-def image_folder_files(path: Path) -> tuple[list[Path], list[int] | None]:
-    """The images of an image folder and their class numbers (None without classes).
-
-    The rules (as in the README's data section):
-    * names that start with ``.`` (``.ipynb_checkpoints``, ``.DS_Store``, ``._x.png``) and ``__MACOSX``
-      are ignored, at both levels;
-    * images are files ending in ``.png``, ``.jpg`` or ``.jpeg`` (any case); other image formats (``.gif``,
-      ``.bmp``, ``.webp``, ``.tif`` ...) are refused rather than skipped; any other file (``README.md``,
-      ``labels.csv``, ``Thumbs.db``) is ignored;
-    * a folder of images alone is one unlabelled data set; a folder of sub-folders alone is a labelled one: each
-      sub-folder is a class, numbered 0, 1, ... in the sorted order of the names.  A class folder holds images
-      only: an empty class folder, or one with a folder inside, is refused;
-    * a folder with both images and sub-folders is refused (are the sub-folders classes?), as is one with no image.
-    """
-    entries = _visible(path)
-    subdirs = [p for p in entries if p.is_dir()]
-    top = _images_in(path, entries)
-    if subdirs and top:
-        raise DataError(f"{path}: holds both images ({top[0].name}, {len(top)} in all) and sub-folders "
-                        f"({subdirs[0].name}/ ...), which would be classes; move the top-level images into a class "
-                        "folder, or the sub-folders out")
-    if not subdirs:
-        if not top:
-            raise DataError(f"{path}: folder has no PNG or JPEG images (names starting with '.' are ignored); "
-                            "put the images in it, or in one sub-folder per class")
-        return top, None
-    files: list[Path] = []
-    labels: list[int] = []
-    for i, d in enumerate(subdirs):
-        inside = _visible(d)
-        nested = [p for p in inside if p.is_dir()]
-        if nested:
-            raise DataError(f"{d}: class folder holds a folder ({nested[0].name}/); class folders hold images only "
-                            "(one level below --data): move its images up, or remove it")
-        found = _images_in(d, inside)
-        if not found:
-            raise DataError(f"{d}: class folder has no PNG or JPEG images; add images or remove the folder")
-        files += found
-        labels += [i] * len(found)
-    return files, labels
-
-
-def _load_image_folder(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
-    from PIL import Image
-
-    files, classes = image_folder_files(path)
-    images, sizes, modes = [], {}, set()
-    for f in files:
-        try:
-            with Image.open(f) as im:
-                im.load()
-                modes.add("L" if im.mode in ("L", "1", "I;16") else "RGB")
-                images.append(im.copy())
-                sizes.setdefault(im.size, f.name)
-        except Exception as exc:
-            raise DataError(f"{f}: cannot read image ({exc}); remove or re-save it") from None
-    if len(sizes) > 1:
-        listing = ", ".join(f"{w}x{h} (e.g. {name})" for (w, h), name in list(sizes.items())[:3])
-        raise DataError(f"{path}: images have different sizes: {listing}; resize them to one size first")
-    mode = "L" if modes == {"L"} else "RGB"
-    arr = np.stack([np.asarray(im.convert(mode), dtype=np.float32) for im in images])
-    arr = arr[:, None] if mode == "L" else arr.transpose(0, 3, 1, 2)
-    labels = np.array(classes, dtype=np.int64) if classes is not None else None
-    return arr / 127.5 - 1.0, labels
-
-
 def _check_labels(labels: Any, n: int, source: str) -> Tensor:
     """``[n]`` long class numbers 0..K-1 (K <= n), or a one-line error naming the fix."""
     labels = np.asarray(labels)
@@ -343,14 +281,19 @@ def _check_labels(labels: Any, n: int, source: str) -> Tensor:
 def load_user_data(path: Path) -> DataSet:
     if not path.exists():
         if len(path.parts) == 1 and not path.suffix:
-            raise DataError(f"unknown data set {str(path)!r}; use one of {', '.join(TOYS)}, digits[:CLASSES], a .npy/.npz file or an image folder")
-        raise DataError(f"data file {str(path)!r} does not exist; check the path, or give a data set name ({', '.join(TOYS)}, digits)")
+            raise DataError(f"unknown data set {str(path)!r}; use one of {', '.join(TOYS)}, digits[:CLASSES], mnist[:CLASSES], a .npy/.npz/.csv file or an image folder")
+        raise DataError(f"data file {str(path)!r} does not exist; check the path, or give a data set name ({', '.join(TOYS)}, digits, mnist)")
     if path.is_dir():
-        x, labels = _load_image_folder(path)
+        x, labels = load_image_folder(path)
     elif path.suffix in (".npy", ".npz"):
         x, labels = _load_array_file(path)
+    elif path.suffix.lower() == ".csv":
+        from .csv_io import read_csv
+
+        x, labels = read_csv(path)
     else:
-        raise DataError(f"{path}: unsupported file type {path.suffix!r}; use .npy, .npz or a folder of PNG/JPEG images")
+        raise DataError(f"{path}: unsupported file type {path.suffix!r}; use .npy, .npz, .csv or a folder of PNG/JPEG "
+                        "images")
     x = _check_array(np.asarray(x), str(path))
     y = _check_labels(labels, x.shape[0], str(path)) if labels is not None else None
     num_classes = int(y.max()) + 1 if y is not None else 0
@@ -386,6 +329,8 @@ def load_data(spec: str, *, holdout_fraction: float = 0.1, split_seed: int = 0, 
     elif name == "digits":
         data = load_digits(parse_classes(arg) if arg else None)
         train, heldout = _holdout_split(data, holdout_fraction, split_seed)
+    elif name == "mnist":
+        train, heldout = load_mnist(parse_classes(arg) if arg else None)
     else:
         data = load_user_data(Path(spec).expanduser())
         train, heldout = _holdout_split(data, holdout_fraction, split_seed)

@@ -22,7 +22,7 @@ import json
 import os
 import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -66,6 +66,42 @@ class DemoBudget:
                    eval_samples=200, eval_nfes=(1, 4, 20))
 
 
+FAST_WARNING = ("its runs are far too short to show the collapse at alpha = 0 or its cure, or GFT against SFT; the "
+                "figures and pictures are not meaningful. Run flowsteer demo without --fast (about 5 min on 2 cores) "
+                "to see the effect.")
+
+# Share of the full demo's time spent in each stage (measured: 2 workers on a 2-core CPU, see docs/results.md);
+# the ETA scales the time spent so far by these shares.
+STAGE_SHARE = (0.25, 0.50, 0.14, 0.06, 0.05)
+
+
+class _Clock:
+    """ETAs from the time spent so far and :data:`STAGE_SHARE`: after a fraction ``f`` of the expected work,
+    about ``elapsed * (1 - f) / f`` is left."""
+
+    def __init__(self, t0: float) -> None:
+        self.t0, self.progress = t0, 0.0
+
+    def done(self, stage: int, within: float = 1.0) -> None:
+        self.progress = max(self.progress, sum(STAGE_SHARE[:stage]) + STAGE_SHARE[stage] * within)
+
+    def _left(self) -> float | None:
+        elapsed = time.perf_counter() - self.t0
+        return elapsed * (1 - self.progress) / self.progress if self.progress > 0.05 and elapsed > 1 else None
+
+    def eta_text(self, stage: int, fast: bool) -> str:
+        left = self._left()
+        return "" if left is None or fast else f"; about {_minutes(left)} left in all"
+
+    def left_text(self, stage: int, k: int, n: int) -> str:
+        left = self._left()
+        return "" if left is None else f"; about {_minutes(left)} left in all"
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
 def _finished(run_dir: Path, steps: int) -> bool:
     """A run folder that completed ``steps`` steps (and so can be reused)."""
     try:
@@ -100,6 +136,8 @@ def run_demo(out: Path, *, fast: bool = False, progress: str = "auto", say: Call
     if resolved.type != "cpu":
         workers = 1  # one process owns the GPU; the CPU worker pool is for 2-core machines
     budget = DemoBudget.fast() if fast else DemoBudget.full()
+    if fast:
+        say(f"flowsteer demo --fast: {FAST_WARNING}")
     workers = workers or max(1, min(2, os.cpu_count() or 1))
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -108,7 +146,9 @@ def run_demo(out: Path, *, fast: bool = False, progress: str = "auto", say: Call
     paths["align-alpha0"] = sweep_run_dir(sweep, 0.0)
     paths["align-default"] = sweep_run_dir(sweep, ALIGN_DEFAULT_ALPHA)
 
-    def stage(title: str, jobs: list[tuple[Path, Any]]) -> None:
+    clock = _Clock(t0)
+
+    def stage(index: int, title: str, jobs: list[tuple[Path, Any]]) -> None:
         todo = []
         for run_dir, config in jobs:
             steps = config.train.steps if hasattr(config, "train") else None
@@ -119,30 +159,38 @@ def run_demo(out: Path, *, fast: bool = False, progress: str = "auto", say: Call
                 shutil.rmtree(run_dir)  # an unfinished or differently sized run: start it again
             todo.append((str(run_dir), config))
         if not todo:
+            clock.done(index)
             return
-        say(f"{title} ({len(todo)} job(s), {min(workers, len(todo))} at a time)")
+        say(f"[{index + 1}/{len(STAGE_SHARE)}] {title} ({len(todo)} job(s), {min(workers, len(todo))} at a time"
+            + clock.eta_text(index, fast) + ")")
         if workers == 1 or len(todo) == 1:
-            results = [_job(*job) for job in todo]
+            finished = (_job(*job) for job in todo)
         else:
-            with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-                results = list(pool.map(_job, *zip(*todo)))
-        for run_dir, seconds in results:
-            say(f"  {run_dir}: {seconds:.0f} s")
+            pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
+            finished = (f.result() for f in as_completed([pool.submit(_job, *job) for job in todo]))
+        try:
+            for k, (run_dir, seconds) in enumerate(finished, 1):
+                clock.done(index, k / len(todo))
+                say(f"  {run_dir}: {seconds:.0f} s ({k} of {len(todo)} in this stage{clock.left_text(index, k, len(todo))})")
+        finally:
+            if workers != 1 and len(todo) != 1:
+                pool.shutdown()
+        clock.done(index)
 
     b = budget
 
     def steps(train: TrainConfig, n: int) -> TrainConfig:
         return dataclasses.replace(train, steps=n, device=str(resolved))
-    stage("[1/5] pretraining on digits and on digits 0-4", [
+    stage(0, "pretraining on digits and on digits 0-4", [
         (paths[f"pretrain-{name}"], PretrainConfig(data=data, train=steps(TrainConfig(), b.pretrain_steps)))
         for name, data in (("digits", "digits"), ("digits0-4", "digits:0-4"))
     ])
-    stage(f"[2/5] aligning toward even digits: alpha = 0 and the default alpha = {ALIGN_DEFAULT_ALPHA:g}", [
+    stage(1, f"aligning toward even digits: alpha = 0 and the default alpha = {ALIGN_DEFAULT_ALPHA:g}", [
         (paths[name], AlignConfig(base=str(paths["pretrain-digits"]), reward="even-digits", alpha=alpha,
                                   eval_every=b.align_eval_every, train=steps(align_train_defaults(), b.align_steps)))
         for name, alpha in (("align-alpha0", 0.0), ("align-default", ALIGN_DEFAULT_ALPHA))
     ])
-    stage("[3/5] adapting digits 0-4 to digits 5-9 with GFT and SFT", [
+    stage(2, "adapting digits 0-4 to digits 5-9 with GFT and SFT", [
         (paths[f"adapt-{m}"], AdaptConfig(base=str(paths["pretrain-digits0-4"]), target="digits:5-9", method=m,
                                           coupling="ot", eval_every=b.adapt_eval_every,
                                           train=steps(adapt_train_defaults(), b.adapt_steps)))
@@ -152,7 +200,7 @@ def run_demo(out: Path, *, fast: bool = False, progress: str = "auto", say: Call
     def evaluation_of(name: str, **against: str) -> tuple[Path, EvaluationConfig]:
         return paths[name], EvaluationConfig(model=str(paths[name]), n=b.eval_samples, nfes=b.eval_nfes,
                                              device=str(resolved), **against)
-    stage("[4/5] evaluating every run", [
+    stage(3, "evaluating every run", [
         evaluation_of("pretrain-digits", reward="even-digits", target="digits"),
         evaluation_of("pretrain-digits0-4", target="digits:5-9"),
         *[evaluation_of(k, reward="even-digits", reference=str(paths["pretrain-digits"]))
@@ -160,10 +208,11 @@ def run_demo(out: Path, *, fast: bool = False, progress: str = "auto", say: Call
         *[evaluation_of(k, target="digits:5-9", reference=str(paths["pretrain-digits0-4"]))
           for k in ("adapt-gft", "adapt-sft")],
     ])
-    say("[5/5] writing the report")
+    say(f"[5/5] writing the report{clock.eta_text(4, fast)}")
     write_sweep_summary(sweep, [paths["align-alpha0"], paths["align-default"]])
     index = write_report([paths["pretrain-digits"], sweep, paths["pretrain-digits0-4"], paths["adapt-gft"],
-                          paths["adapt-sft"]], out / "report", title="flowsteer demo: 8x8 digits")
+                          paths["adapt-sft"]], out / "report", title="flowsteer demo: 8x8 digits",
+                         note=FAST_WARNING if fast else None)
 
     def evaluation(name: str) -> dict[str, Any]:
         return json.loads((paths[name] / EVALUATION_FILE).read_text(encoding="utf-8"))

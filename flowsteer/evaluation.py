@@ -116,3 +116,33 @@ def write_evaluation(result: dict[str, Any], path: Path) -> None:
     """Write :func:`evaluation_json` of ``result`` to ``path`` atomically."""
     atomic_write_text(path, evaluation_json(result))
 
+
+
+def summary_lines(result: dict[str, Any]) -> list[str]:
+    """A few lines for people: what was measured, then the figures at the largest NFE (``result`` as
+    :func:`evaluate` returns it)."""
+    m, nfes = result.get("metrics", {}), result.get("nfes") or [0]
+
+    def num(key: str) -> float | None:
+        v = m.get(key)
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+    lines = [f"evaluated {result.get('run')}: {result.get('n')} samples, {result.get('solver')} at {max(nfes)} NFE "
+             f"(seed {result.get('seed')})"]
+    if (reward := num("reward_mean")) is not None:
+        name = "P(even)" if result.get("reward_spec") == "even-digits" else f"mean reward ({result.get('reward_spec')})"
+        line = f"  {name} {reward:.3f}"
+        if (entropy := num("class_entropy")) is not None:
+            line += f", class entropy {entropy:.3f} nats, top class {m.get('top_class')} " \
+                    f"({100 * (num('top_class_share') or 0):.0f} % of samples)"
+        lines.append(line)
+    if (w2 := num("w2_to_reference")) is not None:
+        lines.append(f"  W2 to the reference {result.get('reference_run')}: {w2:.3f}")
+    if (fd := num("fd_to_target")) is not None:
+        few = {int(r["nfe"]): r for r in result.get("per_nfe", [])}.get(4, {})
+        lines.append(f"  to {result.get('target_spec')} ({result.get('n_heldout')} held-out samples): W2 "
+                     f"{num('w2_to_target') or float('nan'):.3f}, Frechet distance {fd:.3f}"
+                     + (f" ({few['fd_to_target']:.3f} at 4 NFE)" if "fd_to_target" in few else ""))
+    if (length := num("path_length")) is not None:
+        lines.append(f"  path length {length:.3f}, straightness {num('straightness') or float('nan'):.3f}")
+    return lines

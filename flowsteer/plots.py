@@ -23,13 +23,38 @@ def _plt():
 
 
 def _save(fig, path: str | Path) -> None:
-    """Lay out, write atomically as PNG, and free the figure."""
+    """Lay out, write atomically as PNG, and free the figure.
+
+    ``bbox_inches="tight"`` grows the canvas to whatever is drawn outside the axes (legends placed below
+    them, long titles), so no label is cut at the frame.
+    """
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+        fig.savefig(tmp, format="png", bbox_inches="tight", pad_inches=0.1)
     plt.close(fig)
+
+
+def _plain_log_axis(axis, ticks: list[float] | None = None) -> None:
+    """Plain tick labels on a log axis (``4``, ``50``, ``0.2``; not ``10^0``, ``2x10^-1``).
+
+    ``ticks``: put the major ticks exactly there (e.g. the NFEs that were measured).
+    """
+    from matplotlib import ticker
+
+    if ticks:
+        axis.set_major_locator(ticker.FixedLocator(sorted(set(ticks))))
+    else:
+        axis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))
+    axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(ticker.NullFormatter())
+
+
+def _legend_below(ax, n_entries: int) -> None:
+    """A legend under the axes, never over the lines: one column per entry up to two, then wrapped."""
+    if n_entries:
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=min(2, n_entries), fontsize=8, frameon=False)
 
 
 def image_grid(x: Tensor | np.ndarray, *, ncol: int | None = None, pad: int = 1) -> np.ndarray:
@@ -47,8 +72,13 @@ def image_grid(x: Tensor | np.ndarray, *, ncol: int | None = None, pad: int = 1)
 
 
 def save_samples(x: Tensor, path: str | Path, *, title: str | None = None) -> None:
-    """Write samples to ``path``: ``.npy`` for the array (data units), ``.png`` for a picture."""
-    if Path(path).suffix == ".npy":
+    """Write samples to ``path``: ``.npy`` for the array (data units), ``.csv`` for vectors as text, ``.png`` for a
+    picture."""
+    if Path(path).suffix.lower() == ".csv":
+        from .csv_io import write_csv
+
+        write_csv(torch.as_tensor(x).detach().cpu().numpy(), path)
+    elif Path(path).suffix == ".npy":
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as fh:
                 np.save(fh, torch.as_tensor(x).detach().cpu().numpy())
@@ -56,12 +86,15 @@ def save_samples(x: Tensor, path: str | Path, *, title: str | None = None) -> No
         save_samples_png(x, path, title=title)
 
 
+GRID_IMAGES = 256  # an image grid shows at most this many samples (16 x 16)
+
+
 def save_samples_png(x: Tensor, path: str | Path, *, title: str | None = None, reference: Tensor | None = None) -> None:
-    """Write samples as an image grid (``[N, C, H, W]``) or a scatter plot (``[N, 2]``)."""
+    """Write samples as an image grid (``[N, C, H, W]``, the first :data:`GRID_IMAGES`) or a scatter plot (``[N, 2]``)."""
     plt = _plt()
     x = torch.as_tensor(x).detach().cpu()
     if x.dim() == 4:
-        grid = image_grid(x[:256])
+        grid = image_grid(x[:GRID_IMAGES])
         fig, ax = plt.subplots(figsize=(6, 6), dpi=100)
         ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         ax.axis("off")
@@ -101,7 +134,8 @@ def save_training_curves(metrics_path: str | Path, out: str | Path, *, title: st
         ax.plot([r["step"] for r in train], [r["reward"] for r in train], color="tab:gray", lw=1, label="policy batch")
     if evals:
         ax.plot([r["step"] for r in evals], [r["reward_mean"] for r in evals], "o-", color="tab:blue", label="evaluation")
-    ax.set_title("reward"), ax.set_xlabel("step"), ax.legend()
+    ax.set_title("reward"), ax.set_xlabel("step")
+    _legend_below(ax, len(ax.get_lines()))
     for ax, (label, key) in zip(axes[1:], panels[1:]):
         pts = [(r["step"], r[key]) for r in evals if key in r]
         if pts:
@@ -124,7 +158,8 @@ def save_pareto(points: list[dict], out: str | Path, *, title: str | None = None
     for p in extra or []:
         ax.plot([p[key]], [p["reward_mean"]], "*", ms=14, color="tab:red", label=p.get("label", "extra"))
     ax.set_xlabel(key.replace("_", " ")), ax.set_ylabel("reward (mean)")
-    ax.legend()
+    ax.margins(0.15)  # room for the alpha labels inside the frame
+    _legend_below(ax, len(ax.get_lines()) if extra else 0)
     if title:
         ax.set_title(title)
     _save(fig, out)
@@ -149,8 +184,9 @@ def save_metric_vs_step(history: list[dict], out: str | Path, *, title: str | No
             for nfe, key in _nfe_keys(history[-1], f"{family}_nfe"):
                 pts = [(h["step"], h[key]) for h in history if key in h]
                 ax.plot(*zip(*pts), "o-", ms=3, label=f"NFE {nfe}")
-            ax.legend(fontsize=8)
+            _legend_below(ax, len(ax.get_lines()))
         ax.set_title(NFE_FIGURE_TITLES.get(family, family)), ax.set_xlabel("step"), ax.set_yscale("log")
+        _plain_log_axis(ax.yaxis)
     if title:
         fig.suptitle(title)
     _save(fig, out)
@@ -163,14 +199,16 @@ def save_metric_vs_nfe(finals: dict[str, dict], out: str | Path, *, title: str |
     plt = _plt()
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 3.8), dpi=100, squeeze=False)
     for ax, family in zip(axes[0], metrics):
+        nfes: list[float] = []
         for label, final in finals.items():
             pts = [(nfe, final[key]) for nfe, key in _nfe_keys(final, f"{family}_nfe")]
             if pts:
                 ax.plot(*zip(*pts), "o-", ms=4, label=label)
+                nfes += [nfe for nfe, _ in pts]
         ax.set_xscale("log"), ax.set_yscale("log"), ax.set_xlabel("NFE (Euler steps)")
+        _plain_log_axis(ax.xaxis, nfes), _plain_log_axis(ax.yaxis)
         ax.set_title(NFE_FIGURE_TITLES.get(family, family))
-        if finals:
-            ax.legend(fontsize=8)
+        _legend_below(ax, len(ax.get_lines()))
     if title:
         fig.suptitle(title)
     _save(fig, out)
@@ -217,6 +255,7 @@ def save_loss_curve(metrics_path: str | Path, out: str | Path, *, title: str | N
     if train:
         ax.plot([r["step"] for r in train], [r["loss"] for r in train], color="tab:blue")
     ax.set_xlabel("step"), ax.set_ylabel("loss"), ax.set_yscale("log")
+    _plain_log_axis(ax.yaxis)
     ax.set_title(title or "training loss")
     _save(fig, out)
 
@@ -230,9 +269,32 @@ def save_curves_vs_nfe(series: dict[str, dict[int, float]], out: str | Path, *, 
         pts = sorted(values.items())
         ax.plot([k for k, _ in pts], [v for _, v in pts], "o-", ms=4, label=label)
     ax.set_xscale("log"), ax.set_xlabel("NFE (solver steps)"), ax.set_ylabel(ylabel)
+    _plain_log_axis(ax.xaxis, [k for values in series.values() for k in values])
     if log_y:
         ax.set_yscale("log")
-    if series:
-        ax.legend(fontsize=8)
+        _plain_log_axis(ax.yaxis)
+    _legend_below(ax, len(series))
     ax.set_title(title or f"{ylabel} vs NFE")
     _save(fig, out)
+
+
+def save_class_histograms(histograms: list[tuple[str, list[float]]], path: str | Path, *,
+                          highlight: set[int] | None = None) -> None:
+    """Bar charts of the share of samples per predicted class, one panel per run, side by side.
+
+    ``histograms``: ``(caption, shares)`` with ``shares[c]`` the fraction of samples classified as ``c``.
+    ``highlight``: classes drawn in the accent colour (e.g. the rewarded ones); the rest in grey.
+    """
+    import textwrap
+
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(histograms), figsize=(2.6 * len(histograms), 2.6), dpi=100, squeeze=False,
+                             sharey=True)
+    for ax, (caption, shares) in zip(axes[0], histograms):
+        classes = list(range(len(shares)))
+        colours = ["tab:blue" if highlight is None or c in highlight else "tab:gray" for c in classes]
+        ax.bar(classes, shares, color=colours)
+        ax.set_xticks(classes), ax.set_ylim(0, 1), ax.set_xlabel("class")
+        ax.set_title("\n".join(textwrap.wrap(caption, 30)), fontsize=8)
+    axes[0][0].set_ylabel("share of samples")
+    _save(fig, path)

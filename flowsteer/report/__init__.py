@@ -11,8 +11,12 @@ network: images are relative links, styles are inline, there is no script.  Sect
 4. Metric vs NFE: W2 / Frechet distance of ``adapt`` runs and, where ``evaluation.json`` exists, every
    evaluated figure per NFE.
 5. A table of final metrics (``final_metrics.json``, and ``evaluation.json`` where present).
+
+It opens with what was run and what to conclude, in sentences made from the measured figures
+(:mod:`flowsteer.report.summary`).
 """
 
-from .builder import collect_runs, write_report
+from .builder import write_report
+from .collect import collect_runs, default_report_out
 
-__all__ = ["collect_runs", "write_report"]
+__all__ = ["collect_runs", "default_report_out", "write_report"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import html
 import json
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -13,8 +12,8 @@ import torch
 from torch import Tensor
 
 from ..errors import RunFolderError
-from ..runs import (CONFIG_FILE, EVALUATION_FILE, FINAL_METRICS_FILE, METRICS_FILE, SWEEP_FILE, Run, load_run,
-                    read_config)
+from ..runs import CONFIG_FILE, METRICS_FILE, Run, load_run
+from .collect import ReportRun, collect_runs
 
 N_IMAGES, N_POINTS = 64, 1000
 
@@ -31,85 +30,8 @@ EVALUATION_COLUMNS = (
     ("metrics.top_class_share", "top-class share"), ("metrics.pairwise_distance", "pairwise dist."),
     ("metrics.w2_to_reference", "W2 to reference"), ("metrics.w2_to_target", "W2 to target"),
     ("metrics.fd_to_target", "FD to target"), ("metrics.path_length", "path length"), ("n", "samples"),
+    ("n_heldout", "held-out target samples"),
 )
-
-
-@dataclass
-class ReportRun:
-    """One run folder as the report sees it."""
-
-    path: Path
-    label: str
-    config: dict[str, Any]
-    final: dict[str, Any]
-    evaluation: dict[str, Any] | None = None
-
-    @property
-    def method(self) -> str:
-        return str(self.config.get("method", "?"))
-
-    @property
-    def base(self) -> Path | None:
-        base = self.config.get("base")
-        return Path(base) if base else None
-
-    def describe(self) -> str:
-        s = self.config.get("settings", {})
-        if self.method == "align":
-            alpha = self.final.get("final_alpha", s.get("alpha"))
-            return f"{s.get('method', 'align')}, alpha={alpha:g}" if isinstance(alpha, (int, float)) else str(s.get("method"))
-        if self.method == "adapt":
-            return f"{s.get('method', 'adapt')} / {s.get('coupling', '?')}"
-        return f"pretrain on {self.config.get('data', {}).get('spec', '?')}"
-
-
-@dataclass
-class ReportSweep:
-    path: Path
-    label: str
-    summary: dict[str, Any]
-    runs: list[ReportRun] = field(default_factory=list)
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raise RunFolderError(f"{path}: not valid JSON; re-create it (e.g. re-run flowsteer evaluate)") from None
-    return data if isinstance(data, dict) else None
-
-
-def _load(path: Path, label: str) -> ReportRun:
-    config = read_config(path)
-    final = _read_json(path / FINAL_METRICS_FILE) or config.get("final") or {}
-    return ReportRun(path=path, label=label, config=config, final=final, evaluation=_read_json(path / EVALUATION_FILE))
-
-
-def collect_runs(paths: list[Path]) -> tuple[list[ReportRun], list[ReportSweep]]:
-    """Resolve the command line's folders into runs and sweeps (a sweep's runs are runs too)."""
-    runs: list[ReportRun] = []
-    sweeps: list[ReportSweep] = []
-    names = [p.resolve().name for p in paths]
-    for path, name in zip(paths, names):
-        label = name if names.count(name) == 1 else f"{path.resolve().parent.name}/{name}"
-        if (path / SWEEP_FILE).is_file():
-            summary = _read_json(path / SWEEP_FILE) or {}
-            sweep = ReportSweep(path=path, label=label, summary=summary)
-            for point in summary.get("points", []):
-                sub = Path(point.get("run", ""))
-                sub = sub if sub.is_dir() else path / sub.name
-                if (sub / CONFIG_FILE).is_file():
-                    sweep.runs.append(_load(sub, f"{label}/{sub.name}"))
-            sweeps.append(sweep)
-            runs.extend(sweep.runs)
-        elif path.is_dir() and (path / CONFIG_FILE).is_file():
-            runs.append(_load(path, label))
-        else:
-            raise RunFolderError(f"{str(path)!r} is neither a run folder (config.json) nor a sweep folder (sweep.json); "
-                                 "pass folders written by flowsteer pretrain, align or adapt")
-    return runs, sweeps
 
 
 # --------------------------------------------------------------------------- samples
@@ -186,7 +108,7 @@ def _dig(d: dict[str, Any] | None, dotted: str) -> Any:
     return d
 
 
-def _table(runs: list[ReportRun], columns, get) -> str:
+def _table(runs: list[ReportRun], columns, get, *, anchor: str, caption: str) -> str:
     shown = [(k, name) for k, name in columns if any(isinstance(get(r, k), (int, float)) for r in runs)]
     if not shown:
         return ""
@@ -196,15 +118,20 @@ def _table(runs: list[ReportRun], columns, get) -> str:
         cells = "".join(f"<td>{_fmt(get(r, k))}</td>" for k, _ in shown)
         rows.append(f"<tr><th>{html.escape(r.label)}</th><td>{html.escape(r.method)}</td>"
                     f"<td>{html.escape(r.describe())}</td>{cells}</tr>")
-    return (f"<table><thead><tr><th>run</th><th>kind</th><th>settings</th>{head}</tr></thead>"
-            f"<tbody>{''.join(rows)}</tbody></table>")
+    return (f"<p class='note' id='{anchor}'>{html.escape(caption)}</p><div class='scroll'><table>"
+            f"<thead><tr><th>run</th><th>kind</th><th>settings</th>{head}</tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table></div>")
 
 
 STYLE = """
 body { font-family: system-ui, -apple-system, Segoe UI, Roboto, sans-serif; margin: 2em auto; max-width: 1200px;
        color: #222; padding: 0 1em; }
 h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: .2em; margin-top: 2em; }
-figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
+figure { margin: 1em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+.row { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; }
+.row figure { margin: 0; display: table; } .row figcaption { display: table-caption; caption-side: bottom; }
+.scroll { overflow-x: auto; max-width: 100%; } caption { text-align: left; color: #555; padding: .3em 0; }
+li { margin: .4em 0; line-height: 1.4; }
 figcaption { color: #555; font-size: .9em; }
 table { border-collapse: collapse; font-size: .85em; margin: 1em 0; }
 th, td { border: 1px solid #ddd; padding: .3em .6em; text-align: right; }
@@ -213,12 +140,29 @@ thead th { background: #f4f4f4; } tbody th, td:nth-child(2), td:nth-child(3) { t
 """
 
 
-def write_report(paths: list[Path], out: Path, *, title: str = "flowsteer report",
+def _eval_caption(evaluated: list[ReportRun]) -> str:
+    nfes = sorted({max(r.evaluation.get("nfes") or [0]) for r in evaluated if r.evaluation})
+    return (f"From flowsteer evaluate (evaluation.json): each run's figures at {' / '.join(map(str, nfes))} NFE on the "
+            "samples counted in the 'samples' column (one fixed noise batch; the seed is in the file), W2 and FD to "
+            "the target against the held-out samples of the last column. These are the figures the opening summary "
+            "quotes.")
+
+
+FIGURE_NAMES = {"reward_mean": "mean reward", "w2_to_target": "W2 to target", "fd_to_target": "Frechet distance to target",
+                "w2_to_reference": "W2 to reference"}
+
+TRAINING_CAPTION = ("At the end of training (final_metrics.json): the last evaluation during training, on the run's own "
+                    "evaluation samples (W2@K / FD@K: K Euler steps). Not the same samples as flowsteer evaluate's below.")
+
+
+def write_report(paths: list[Path], out: Path, *, title: str = "flowsteer report", note: str | None = None,
                  say: Callable[[str], None] = lambda _: None) -> Path:
-    """Write ``out/index.html`` and ``out/img/*.png`` for the given run/sweep folders; returns the page's path."""
+    """Write ``out/index.html`` and ``out/img/*.png`` for the given run/sweep folders (or folders of them);
+    returns the page's path.  ``note``: a sentence in bold at the end of the opening summary."""
     from ..io import atomic_write_text
-    from ..plots import (save_curves_vs_nfe, save_loss_curve, save_metric_vs_nfe, save_metric_vs_step, save_panels,
-                         save_pareto, save_training_curves)
+    from ..plots import (save_class_histograms, save_curves_vs_nfe, save_loss_curve, save_metric_vs_nfe,
+                         save_metric_vs_step, save_panels, save_pareto, save_training_curves)
+    from .summary import opening_summary
 
     runs, sweeps = collect_runs(paths)
     if not runs:
@@ -226,15 +170,15 @@ def write_report(paths: list[Path], out: Path, *, title: str = "flowsteer report
     img = out / "img"
     img.mkdir(parents=True, exist_ok=True)
     sampler = _Sampler()
-    parts: list[str] = [f"<h1>{html.escape(title)}</h1>",
-                        f"<p class='note'>{len(runs)} run(s); written by <code>flowsteer report</code>. "
-                        "Samples come from one fixed noise batch (seed 0), so panels side by side share their noise.</p>"]
+    parts: list[str] = []
 
-    def figure(name: str, caption: str) -> str:
-        return f"<figure><img src='img/{name}' alt='{html.escape(caption)}'><figcaption>{html.escape(caption)}</figcaption></figure>"
+    def figure(name: str, caption: str, alt: str | None = None) -> str:
+        return (f"<figure><img src='img/{name}' alt='{html.escape(alt or caption)}'>"
+                f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
-    # 1. samples
-    parts.append("<h2>Samples</h2>")
+    # 1. samples, with each group's class histograms beside them
+    parts.append("<h2 id='samples'>Samples</h2>")
+    samples_anchor: dict[str, str] = {}
     for i, (heading, group, base) in enumerate(_sample_groups(runs)):
         say(f"report: sampling {heading}")
         first = group[0]
@@ -255,11 +199,25 @@ def write_report(paths: list[Path], out: Path, *, title: str = "flowsteer report
                 panels.append((f"target data: {spec}", data))
         name = f"samples-{i}.png"
         save_panels(panels, img / name)
-        parts.append(f"<h3>{html.escape(heading)}</h3>")
-        parts.append(figure(name, "left to right: " + "; ".join(c for c, _ in panels)))
+        what = "image grids" if len(shape) == 3 else "scatter plots"
+        row = [figure(name, "left to right: " + "; ".join(c for c, _ in panels),
+                      alt=f"{len(panels)} {what} of samples side by side: " + "; ".join(c for c, _ in panels))]
+        hists = [(f"{r.label}: {r.describe()}", h) for r in group
+                 if isinstance(h := _dig(r.evaluation, "metrics.class_histogram"), list) and h]
+        if hists:
+            hist_name = f"classes-{i}.png"
+            save_class_histograms(hists, img / hist_name)
+            spec = _dig(group[0].evaluation, "reward_spec")
+            row.append(figure(hist_name, f"share of samples per predicted class (the {spec} reward's classifier; "
+                                         "flowsteer evaluate)",
+                              alt="bar charts of the share of samples per class: " + "; ".join(
+                                  f"{c}: " + ", ".join(f"{k} {v:.2f}" for k, v in enumerate(h)) for c, h in hists)))
+        parts.append(f"<h3 id='samples-{i}'>{html.escape(heading)}</h3><div class='row'>{''.join(row)}</div>")
+        for r in group:
+            samples_anchor[r.label] = f"samples-{i}"
 
     # 2. training curves
-    parts.append("<h2>Training curves</h2>")
+    parts.append("<h2 id='training-curves'>Training curves</h2>")
     for i, r in enumerate(runs):
         metrics = r.path / METRICS_FILE
         if not metrics.is_file():
@@ -267,24 +225,28 @@ def write_report(paths: list[Path], out: Path, *, title: str = "flowsteer report
         name = f"curves-{i}.png"
         if r.method == "align":
             save_training_curves(metrics, img / name, title=f"{r.label}: {r.describe()}")
+            alt = f"{r.label}: reward, diversity and W2 to the base against the training step"
         elif r.method == "adapt":
             records = [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines() if line.strip()]
             save_metric_vs_step([x for x in records if x.get("kind") == "eval"], img / name,
                                 title=f"{r.label}: {r.describe()}")
+            alt = f"{r.label}: W2 and Frechet distance to the target against the training step, one line per NFE"
         else:
             save_loss_curve(metrics, img / name, title=f"{r.label}: training loss")
-        parts.append(figure(name, f"{r.label} ({r.describe()})"))
+            alt = f"{r.label}: training loss against the step (log scale)"
+        parts.append(figure(name, f"{r.label} ({r.describe()})", alt=alt))
 
     # 3. pareto plots of sweeps
     if sweeps:
-        parts.append("<h2>Reward and diversity across alpha</h2>")
+        parts.append("<h2 id='pareto'>Reward and diversity across alpha</h2>")
         for i, sw in enumerate(sweeps):
             points = [p for p in sw.summary.get("points", []) if "reward_mean" in p]
             if not points:
                 continue
             name = f"pareto-{i}.png"
             save_pareto(points, img / name, title=f"{sw.label}: {sw.summary.get('method', '')} on {sw.summary.get('reward', '')}")
-            parts.append(figure(name, f"{sw.label}: mean reward against diversity, one point per alpha"))
+            parts.append(figure(name, f"{sw.label}: mean reward against diversity, one point per alpha (training's "
+                                      "last evaluation)"))
 
     # 4. metric vs NFE
     nfe_parts = []
@@ -292,7 +254,8 @@ def write_report(paths: list[Path], out: Path, *, title: str = "flowsteer report
     if adapts:
         save_metric_vs_nfe({f"{r.label} ({r.describe()})": r.final for r in adapts}, img / "nfe-adapt.png",
                            title="adapt runs: distance to the target against solver steps")
-        nfe_parts.append(figure("nfe-adapt.png", "W2 and Frechet distance to held-out target samples per NFE (Euler)"))
+        nfe_parts.append(figure("nfe-adapt.png", "W2 and Frechet distance to held-out target samples per NFE (Euler), "
+                                                 "at the end of training"))
     evaluated = [r for r in runs if r.evaluation and r.evaluation.get("per_nfe")]
     keys = sorted({k for r in evaluated for row in r.evaluation["per_nfe"] for k in row if k != "nfe"})
     for key in keys:
@@ -305,29 +268,31 @@ def write_report(paths: list[Path], out: Path, *, title: str = "flowsteer report
                   for r in evaluated}
         series = {k: v for k, v in series.items() if v}
         name = f"nfe-eval-{key}.png"
-        save_curves_vs_nfe(series, img / name, ylabel=key.replace("_", " "), log_y=not key.startswith("reward"),
-                           title=f"{key.replace('_', ' ')} per NFE (flowsteer evaluate)")
-        nfe_parts.append(figure(name, f"{key} against the number of solver steps, from evaluation.json"))
+        label = FIGURE_NAMES.get(key, key.replace("_", " "))
+        save_curves_vs_nfe(series, img / name, ylabel=label, log_y=not key.startswith("reward"),
+                           title=f"{label} per NFE (flowsteer evaluate)")
+        nfe_parts.append(figure(name, f"{label} ({key}) against the number of solver steps, from flowsteer evaluate "
+                                      "(evaluation.json)"))
     if nfe_parts:
-        parts.append("<h2>Quality against the number of steps</h2>")
+        parts.append("<h2 id='quality-vs-steps'>Quality against the number of steps</h2>")
         parts.extend(nfe_parts)
 
     # 5. tables
-    parts.append("<h2>Final metrics</h2>")
-    training = _table(runs, TRAINING_COLUMNS, lambda r, k: r.final.get(k))
-    parts.append("<h3>At the end of training</h3>" + (training or "<p class='note'>none recorded</p>"))
+    parts.append("<h2 id='final-metrics'>Final metrics</h2>")
+    parts.append(_table(runs, TRAINING_COLUMNS, lambda r, k: r.final.get(k), anchor="table-training",
+                        caption=TRAINING_CAPTION) or "<p class='note' id='table-training'>none recorded</p>")
     if evaluated:
-        parts.append("<h3>From <code>flowsteer evaluate</code> (evaluation.json)</h3>")
-        parts.append(_table(evaluated, EVALUATION_COLUMNS, lambda r, k: _dig(r.evaluation, k)))
-        for r in evaluated:
-            hist = _dig(r.evaluation, "metrics.class_histogram")
-            if hist:
-                cells = " ".join(f"{c}: {v:.3f}" for c, v in enumerate(hist))
-                parts.append(f"<p class='note'>{html.escape(r.label)} class histogram - {cells}</p>")
+        parts.append(_table(evaluated, EVALUATION_COLUMNS, lambda r, k: _dig(r.evaluation, k), anchor="table-evaluate",
+                            caption=_eval_caption(evaluated)))
 
+    head = [f"<h1>{html.escape(title)}</h1>",
+            opening_summary(runs, samples_anchor=samples_anchor, note=note),
+            f"<p class='note'>{len(runs)} run(s); written by <code>flowsteer report</code>. Samples come from one fixed "
+            "noise batch (seed 0), so panels side by side share their noise.</p>"]
     page = ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+            "<meta name='viewport' content='width=device-width, initial-scale=1'>"
             f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
-            + "\n".join(parts) + "</body></html>\n")
+            + "\n".join(head + parts) + "</body></html>\n")
     index = out / "index.html"
     atomic_write_text(index, page)
     return index

@@ -9,6 +9,8 @@ Built-ins are chosen by a spec string (see :func:`build_reward`)::
 
     digits:0,2,4,6,8        probability that the digit classifier puts x in those classes
     even-digits             alias of digits:0,2,4,6,8
+    even-mnist              P(even) of 28x28 MNIST under a CNN trained once (odd-mnist; even-mnist-judge scores with
+                            the independent judge classifier that measures every MNIST class histogram)
     jpeg-compressibility    minus the JPEG size in kB at quality 95 (DDPO's definition)
     jpeg-incompressibility  plus the JPEG size in kB
     target:FILE.npy         minus the squared distance to a target point or image

@@ -163,6 +163,11 @@ def _single(spec: str) -> Any:
             return DigitClassReward(parse_classes(arg))
         except Exception:
             raise RewardError(f"cannot read digit classes in {spec!r}; write digits:0,2,4,6,8") from None
+    if spec in ("even-mnist", "odd-mnist", "even-mnist-judge"):
+        from .mnist_classifier import MnistClassReward
+
+        classes = EVEN_DIGITS if spec.startswith("even") else (1, 3, 5, 7, 9)
+        return MnistClassReward(classes, name=spec, scorer="judge" if spec.endswith("judge") else "reward")
     if spec == "jpeg-compressibility":
         return JpegSizeReward(-1.0)
     if spec == "jpeg-incompressibility":
@@ -176,7 +181,7 @@ def _single(spec: str) -> Any:
 
         return parse_clip_spec(arg)
     raise RewardError(
-        f"unknown reward {spec!r}; use even-digits, digits:CLASSES, jpeg-compressibility, jpeg-incompressibility, "
+        f"unknown reward {spec!r}; use even-digits, digits:CLASSES, even-mnist, jpeg-compressibility, jpeg-incompressibility, "
         "target:FILE.npy, clip:PROMPT, python:MODULE:FUNCTION, or a weighted sum like "
         "0.5*even-digits+0.5*jpeg-compressibility"
     )
