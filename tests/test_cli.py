@@ -33,7 +33,8 @@ def existing(tmp_path):
 
 
 def test_unknown_dataset(tmp_path):
-    assert_user_error(run_cli("pretrain", "--data", "mnist", "--out", str(tmp_path / "r")), "unknown data set 'mnist'", "digits")
+    assert_user_error(run_cli("pretrain", "--data", "cifar10", "--out", str(tmp_path / "r")), "unknown data set 'cifar10'",
+                      "digits", "mnist")
     assert not (tmp_path / "r").exists()
 
 
