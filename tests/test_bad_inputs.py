@@ -94,6 +94,28 @@ CASES = [
     ("init-lora-unknown-key", "--init-lora with a key that is no LoRA weight",
      "align --base {ws}/run --reward target:1,0 --init-lora {ws}/unknown_key.safetensors --out {ws}/new", 2,
      "unknown key 'transformer.transformer_blocks.0.attn.to_q.alpha'"),
+    # --- issue 14: resume settings and numeric options
+    ("resume-changes-width", "--resume with a --width other than the run's",
+     "pretrain --out {ws}/run --resume --width 64", 2, "--resume: --width 64 differs from the run's saved value (none"),
+    ("resume-other-kind", "align --resume on a pretrain run folder", "align --out {ws}/run --resume", 2,
+     "holds a pretrain run, not an align run"),
+    ("resume-steps-behind", "--resume with --steps below the checkpoint's step",
+     "pretrain --out {ws}/run --resume --steps 100", 2, "checkpoint-300 is at step 300, past --steps 100"),
+    ("lr-nan", "--lr nan", "pretrain --data moons --lr nan --out {ws}/new", 2, "argument --lr: 'nan' is not a finite"),
+    ("alpha-inf", "--alpha inf", "align --base {ws}/run --reward target:1,0 --alpha inf --out {ws}/new", 2,
+     "argument --alpha: 'inf' is not a finite number"),
+    ("dual-lr-zero", "--dual-lr 0", "align --base {ws}/run --reward target:1,0 --dual-lr 0 --out {ws}/new", 2,
+     "--dual-lr must be > 0"),
+    ("grad-clip-negative", "a negative --grad-clip", "pretrain --data moons --grad-clip -1 --out {ws}/new", 2,
+     "--grad-clip must be >= 0"),
+    ("weight-decay-inf", "--weight-decay inf", "pretrain --data moons --weight-decay inf --out {ws}/new", 2,
+     "argument --weight-decay: 'inf' is not a finite number"),
+    ("seed-65-bits", "a seed beyond 64 bits", "pretrain --data moons --seed 36893488147419103232 --out {ws}/new", 2,
+     "--seed must be in [0, 2^63)"),
+    ("sample-seed-negative", "a negative sample seed",
+     "sample --model {ws}/run --n 10 --seed -1 --out {ws}/existing.npy", 2, "--seed must be in [0, 2^63)"),
+    ("yaml-nan", "NaN in a YAML config", "pretrain --config {ws}/nan.yaml --out {ws}/new", 2,
+     "argument --lr: 'nan' is not a finite number"),
 ]
 
 
@@ -145,6 +167,8 @@ def build_workspace(ws: Path, run: Path) -> Path:
     (ws / "corrupt" / latest / "trainer_state.pt").write_bytes(b"\x80\x02 not a checkpoint")
     _write_reward_file(ws / "rewards.py")
     _write_lora_files(ws)
+    # --- issue 14: resume settings and numeric options
+    (ws / "nan.yaml").write_text("data: moons\nlr: .nan\n")
     return ws
 
 
