@@ -12,7 +12,8 @@ default (:func:`flowsteer.cli.parse_args`).  An option given with another value 
   timeout/bad-reward settings;
 * refused in one line otherwise: everything that fixes the network, the data or the state the checkpoint
   restores (data, model, width, sigma, base, prompt, target, reward, method, LoRA, alpha, seed, EMA decay,
-  weight decay, device, couplings, GFT's schedule, ...) and, for adapt, ``--steps`` (its schedule spans them).
+  weight decay, device, couplings, GFT's schedule and evaluation NFEs, ...) and, for adapt, ``--steps`` (its
+  schedule spans them).
 
 A new option is refused on resume until its field says otherwise.  Torch-free.
 """

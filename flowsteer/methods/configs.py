@@ -155,7 +155,7 @@ class AdaptConfig(FineTuneStart):
     n_target: int | None = option(None, ge=1, help="use only N target samples (the limited-data regime)")
     eval_every: int = option(500, ge=0, on_resume="apply", help="steps between evaluations")
     eval_samples: int = option(1000, ge=2, on_resume="apply", help="samples per evaluation")
-    eval_nfes: tuple[int, ...] = option((1, 2, 4, 8, 16, 50), listed=True, metavar="K[,K...]", ge=1, on_resume="apply",
+    eval_nfes: tuple[int, ...] = option((1, 2, 4, 8, 16, 50), listed=True, metavar="K[,K...]", ge=1,
                                         help="Euler step counts each evaluation samples with")
     train: TrainConfig = option(factory=adapt_train_defaults, help="optimisation")
 
