@@ -34,6 +34,7 @@ from .config import DataPrepConfig, DemoConfig, Display, EvaluationConfig, Expor
 from .errors import ConfigError, FlowsteerError
 from .methods.configs import AdaptConfig, AlignConfig, PretrainConfig
 from .options import Option, add_options, build_settings, config_argv, config_mapping, options_of
+from .resume import restore_saved_settings
 
 EXIT_USER_ERROR = 2
 
@@ -45,7 +46,7 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, allow_abbrev=False, **kwargs)
 
     def error(self, message: str) -> typing.NoReturn:  # type: ignore[override]
-        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(EXIT_USER_ERROR, f"flowsteer: error: {message} (see {self.prog} --help)\n")
 
 
 @dataclass
@@ -116,17 +117,24 @@ def parse_args(argv: Sequence[str] | None = None) -> Parsed:
         _unknown(parser, args.command, extra)
     command = COMMANDS[args.command]
     options = command.options()
+    tokens = argv[argv.index(args.command) + 1:]
     if getattr(args, "config", None) is not None:  # `--config ""` is an error, not no config
-        file_argv = config_argv(options, config_mapping(args.config, args.command), args.config)
-        args = parser.parse_args([args.command, *file_argv, *argv[argv.index(args.command) + 1:]])
+        tokens = [*config_argv(options, config_mapping(args.config, args.command), args.config), *tokens]
+        args = parser.parse_args([args.command, *tokens])
     values = {o.path: getattr(args, o.dest) for o in options}
+    restored = restore_saved_settings(args.command, options, values, tokens, parser_class=_Parser) \
+        if getattr(args, "resume", None) else set()
     missing = [o.flag.lstrip("-") if o.spec.metadata.get("positional") else o.flag
                for o in options if o.spec.metadata.get("required") and values[o.path] in (None, "", [])]
     if missing:
-        raise ConfigError(f"missing {', '.join(missing)}; give it on the command line or in --config")
+        hint = " (--resume restores a run's options from its config.json, and --out holds none)" \
+            if getattr(args, "resume", None) and not restored else ""
+        raise ConfigError(f"missing {', '.join(missing)}; give it on the command line or in --config{hint}")
     lists = {}
     for o in options:
-        if o.spec.metadata.get("listed") and isinstance(values[o.path], list):
+        if o.spec.metadata.get("listed") and isinstance(values[o.path], list) and o.path in restored:
+            values[o.path] = tuple(values[o.path]) if typing.get_origin(o.kind) is tuple else values[o.path][0]
+        elif o.spec.metadata.get("listed") and isinstance(values[o.path], list):
             lists[o.path[-1]] = values[o.path]
             values[o.path] = tuple(values[o.path]) if typing.get_origin(o.kind) is tuple else values[o.path][0]
     return Parsed(args.command, {cls: build_settings(cls, values) for cls in command.settings}, lists)
@@ -175,6 +183,7 @@ def cmd_pretrain(p: Parsed) -> int:
     config, target = p[PretrainConfig], p[RunOutput]
     out = Path(target.out)
     _check_out_dir(out, target.resume)
+    _validated(config)  # before the data is read: a bad option is named even when the data is bad too
     run = pretrain(config, out, progress=p.display.mode, resume=target.resume)
     p.say(f"saved run to {out} ({run.config['steps_done']} steps); sample it with: "
           f"flowsteer sample --model {out} --n 1000 --out samples.npy")

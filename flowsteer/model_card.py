@@ -7,11 +7,11 @@ command line prints.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .io import json_text
 from .models.adapters import absent_components
 from .models.lora_files import DIFFUSERS_LORA_WEIGHTS, NETWORK_PREFIX, PEFT_CONFIG, PEFT_WEIGHTS
 
@@ -93,7 +93,7 @@ def _number(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.6g}"
     if isinstance(v, (list, dict)):
-        return json.dumps(v)
+        return json_text(v, indent=None).strip()  # NaN and infinity as null, like every JSON flowsteer writes
     return str(v)
 
 

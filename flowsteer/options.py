@@ -89,12 +89,12 @@ def _listed(kind: type) -> Callable[[str], list[Any]]:
     item = _number(kind)
 
     def parse(text: str) -> list[Any]:
+        example = "whole numbers like 1,2,4" if kind is int else "a number or a list like 0,0.1,0.3,1"
         try:
             values = [item(v.strip()) for v in str(text).split(",") if v.strip()]
-        except argparse.ArgumentTypeError:
-            values = []
+        except argparse.ArgumentTypeError as exc:
+            raise argparse.ArgumentTypeError(f"{exc}; write {example}") from None
         if not values:
-            example = "whole numbers like 1,2,4" if kind is int else "a number or a list like 0,0.1,0.3,1"
             raise argparse.ArgumentTypeError(f"{text!r}: write {example}")
         return values
     parse.__name__ = f"list of {kind.__name__}"
@@ -111,16 +111,20 @@ def _help(option: Option) -> str:
     return f"{text} (default: {shown})"
 
 
-def add_options(parser: argparse.ArgumentParser, options: list[Option]) -> None:
+def add_options(parser: argparse.ArgumentParser, options: list[Option], *, defaults: bool = True) -> None:
+    """Add ``options`` to ``parser`` (``defaults=False``: an option not given is absent from the namespace,
+    which tells what a command line gave)."""
     groups: dict[type, Any] = {}
     for option in options:
         meta = option.spec.metadata
         group = groups.setdefault(option.owner, parser.add_argument_group((option.owner.__doc__ or "").split("\n")[0]
                                                                           .rstrip(".") or None))
         if meta.get("positional"):
-            group.add_argument(option.dest, nargs=meta.get("nargs"), metavar=meta.get("metavar"), help=meta["help"])
+            group.add_argument(option.dest, nargs=meta.get("nargs"), metavar=meta.get("metavar"), help=meta["help"],
+                               **({} if defaults else {"default": argparse.SUPPRESS}))
             continue
-        kwargs: dict[str, Any] = {"dest": option.dest, "default": option.default, "help": _help(option)}
+        kwargs: dict[str, Any] = {"dest": option.dest, "default": option.default if defaults else argparse.SUPPRESS,
+                                  "help": _help(option)}
         if option.kind is bool:
             kwargs["action"] = "store_false" if option.negated else "store_true"
         else:

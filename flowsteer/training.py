@@ -176,6 +176,7 @@ class Trainer:
         load_trainable_state_dict(self.model, state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self._follow_config_lr()
         if self.ema is not None and state.get("ema") is not None:
             for k, v in state["ema"].items():
                 self.ema.shadow[k].copy_(v)
@@ -191,6 +192,17 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         if "objective" in state and hasattr(self.objective, "load_state_dict"):
             self.objective.load_state_dict(state["objective"])
+
+    def _follow_config_lr(self) -> None:
+        """After loading a checkpoint: the learning rate of this run's settings (a resume may change --lr or
+        --warmup-steps), not the checkpoint's.  The scheduler's step count is kept; unchanged settings give
+        the very floats the checkpoint held (``base_lr * warm-up factor``, as LambdaLR computes them)."""
+        k = self.scheduler.last_epoch
+        lrs = [self.config.lr * factor(k) for factor in self.scheduler.lr_lambdas]
+        self.scheduler.base_lrs = [self.config.lr] * len(lrs)
+        for group, lr in zip(self.optimizer.param_groups, lrs):
+            group["lr"], group["initial_lr"] = lr, self.config.lr
+        self.scheduler._last_lr = lrs  # what get_last_lr() reports until the next step
 
     # ----------------------------------------------------------------- loop
 

@@ -159,6 +159,28 @@ CASES = [
      "value 1e+300 at row 3 overflows float32"),
     ("float32-overflow-npz", "a finite negative float64 value beyond float32 in an .npz",
      "pretrain --data {ws}/huge.npz --out {ws}/new", 2, "value -3e+39 at row 7 overflows float32"),
+    # --- issue 14: resume settings and numeric options
+    ("resume-changes-width", "--resume with a --width other than the run's",
+     "pretrain --out {ws}/run --resume --width 64", 2, "--resume: --width 64 differs from the run's saved value (none"),
+    ("resume-other-kind", "align --resume on a pretrain run folder", "align --out {ws}/run --resume", 2,
+     "holds a pretrain run, not an align run"),
+    ("resume-steps-behind", "--resume with --steps below the checkpoint's step",
+     "pretrain --out {ws}/run --resume --steps 100", 2, "checkpoint-300 is at step 300, past --steps 100"),
+    ("lr-nan", "--lr nan", "pretrain --data moons --lr nan --out {ws}/new", 2, "argument --lr: 'nan' is not a finite"),
+    ("alpha-inf", "--alpha inf", "align --base {ws}/run --reward target:1,0 --alpha inf --out {ws}/new", 2,
+     "argument --alpha: 'inf' is not a finite number"),
+    ("dual-lr-zero", "--dual-lr 0", "align --base {ws}/run --reward target:1,0 --dual-lr 0 --out {ws}/new", 2,
+     "--dual-lr must be > 0"),
+    ("grad-clip-negative", "a negative --grad-clip", "pretrain --data moons --grad-clip -1 --out {ws}/new", 2,
+     "--grad-clip must be >= 0"),
+    ("weight-decay-inf", "--weight-decay inf", "pretrain --data moons --weight-decay inf --out {ws}/new", 2,
+     "argument --weight-decay: 'inf' is not a finite number"),
+    ("seed-65-bits", "a seed beyond 64 bits", "pretrain --data moons --seed 36893488147419103232 --out {ws}/new", 2,
+     "--seed must be in [0, 2^63)"),
+    ("sample-seed-negative", "a negative sample seed",
+     "sample --model {ws}/run --n 10 --seed -1 --out {ws}/existing.npy", 2, "--seed must be in [0, 2^63)"),
+    ("yaml-nan", "NaN in a YAML config", "pretrain --config {ws}/nan.yaml --out {ws}/new", 2,
+     "argument --lr: 'nan' is not a finite number"),
 ]
 
 
@@ -211,6 +233,8 @@ def build_workspace(ws: Path, run: Path) -> Path:
     _write_reward_file(ws / "rewards.py")
     _write_lora_files(ws)
     _write_data_cases(ws)  # issue 14: data
+    # --- issue 14: resume settings and numeric options
+    (ws / "nan.yaml").write_text("data: moons\nlr: .nan\n")
     return ws
 
 

@@ -22,7 +22,7 @@ from ..checkpoints import RunWriter, load_trainer_state, resolve_checkpoint
 from ..config import TrainConfig
 from ..devices import precision_problems, resolve_device
 from ..distributed import Distributed, setup
-from ..errors import ConfigError
+from ..errors import ConfigError, RunFolderError
 from ..export import export_finished_run
 from ..io import atomic_write_json
 from ..models import build_model
@@ -30,7 +30,8 @@ from ..models.lora import AdapterDisabled, add_lora, lora_spec
 from ..models.lora_files import init_lora as load_lora_file, read_lora
 from ..models.weights import load_trainable_state_dict
 from ..progress import Progress
-from ..runs import FINAL_METRICS_FILE, WEIGHTS_FILE, Run, save_adapter, save_prompt_embeds, write_config
+from ..resume import Change, resume_changes
+from ..runs import FINAL_METRICS_FILE, WEIGHTS_FILE, Run, read_config, save_adapter, save_prompt_embeds, write_config
 from ..training import Objective, Trainer, seed_everything
 
 
@@ -170,12 +171,14 @@ def fit(
     writes the run folder and shows progress.
     """
     dist = dist or Distributed()
-    checkpoint = None
+    checkpoint, state, changes = None, None, []
     if resume and out is not None:
         checkpoint = resolve_checkpoint(out, "auto" if resume is True else str(resume)) if out.is_dir() else None
         if checkpoint is None:
             raise ConfigError(f"--resume: {str(out)!r} has no checkpoint to resume from; drop --resume to start "
                               "the run again (pass --checkpoint-every N to checkpoint during training)")
+        state = load_trainer_state(checkpoint)
+        changes = _resume_changes(out, run_config, train, int(state["step"]), checkpoint.name)
     if train.log == "tensorboard" and out is None:
         raise ConfigError("--log tensorboard writes into the run folder; give --out")
     bar = Progress(train.steps, mode=progress if dist.is_main else "quiet", desc=desc)
@@ -185,11 +188,16 @@ def fit(
         if out is not None and dist.is_main else None
     if writer is not None:
         trainer.checkpoint_fn, trainer.log_fn = writer.checkpoint, writer.log
-    if checkpoint is not None:
-        trainer.load_state_dict(load_trainer_state(checkpoint))
+    if checkpoint is not None and state is not None:
+        trainer.load_state_dict(state)  # the optimiser takes this run's --lr and warm-up (Trainer.load_state_dict)
         if writer is not None:
             writer.truncate_metrics(trainer.step)
         bar.message(f"resumed {out} at step {trainer.step} from {checkpoint.name}")
+        for change in changes:
+            bar.message(change.notice(trainer.step))
+        if writer is not None and changes:
+            writer.log({"step": trainer.step, "kind": "resume", "checkpoint": checkpoint.name,
+                        "changed": {c.flag: {"from": c.old, "to": c.new} for c in changes}})
     if writer is not None:
         writer.open_board(trainer.step)
     try:
@@ -198,6 +206,25 @@ def fit(
         if writer is not None:
             writer.close()
     return trainer
+
+
+def _resume_changes(out: Path, run_config: dict[str, Any], train: TrainConfig, step: int, name: str) -> list[Change]:
+    """The settings a resume changes against the run's saved ones (:mod:`flowsteer.resume`): refused ones raise
+    (the command line refuses them before any work; this covers the Python API), applied ones are returned."""
+    if step > train.steps:
+        raise ConfigError(f"--resume: {name} is at step {step}, past --steps {train.steps}; give --steps {step} or "
+                          "more (or leave --steps out to keep the run's)")
+    try:
+        saved = read_config(out).get("settings")
+    except RunFolderError:
+        saved = None
+    if not isinstance(saved, dict) or not isinstance(run_config.get("settings"), dict):
+        return []
+    changes = resume_changes(str(run_config.get("method")), saved, run_config["settings"])
+    refused = [c.refusal(str(out)) for c in changes if not c.apply]
+    if refused:
+        raise ConfigError.listing(refused)
+    return changes
 
 
 def finish_run(trainer: Trainer, run_config: dict[str, Any], out: Path | None, *, spec: dict[str, Any],

@@ -7,11 +7,11 @@ Torch-free, so that ``flowsteer --help`` answers at once; every field is also a 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from ..config import (ADAPT_METHODS, ALIGN_DEFAULT_ALPHA, ALIGN_DEFAULT_TAU, ALIGN_METHODS, COUPLINGS, SCHEDULES,
                       SOLVERS, TIME_SAMPLERS, TrainConfig, adapt_train_defaults, align_train_defaults, check_choice,
-                      finite, option)
+                      field_problems, option)
 from ..schedules import TemperatureSchedule, schedule_problems
 
 BASE_HELP = ("the pretrained run folder (also the reference model), or diffusers:DIR (a saved diffusers UNet2DModel or "
@@ -34,25 +34,19 @@ class PretrainConfig:
     model: str = option("auto", metavar="KIND",
                         help="network: auto (= mlp, fast on CPU), mlp, unet (images), diffusers:DIR (a saved diffusers "
                              "UNet2DModel; extra: diffusers) or module:pkg.mod:Class (your net(t, x))")
-    width: int | None = option(None, help="hidden width (mlp) or base channels (unet)")
-    sigma: float = option(0.0, help="0 = straight paths and ODE sampling; > 0 = Brownian bridge and SDE sampling")
+    width: int | None = option(None, ge=1, help="hidden width (mlp) or base channels (unet)")
+    sigma: float = option(0.0, ge=0, help="0 = straight paths and ODE sampling; > 0 = Brownian bridge and SDE sampling")
     coupling: str = option("independent", choices=COUPLINGS, help="pairing of noise and data in a minibatch")
     time_sampler: str = option("uniform", choices=TIME_SAMPLERS, help="distribution of training times")
     conditional: bool = option(False, help="train a class-conditional model (needs labels)")
-    label_dropout: float = option(0.1, help="share of labels replaced by the null class while training a conditional "
+    label_dropout: float = option(0.1, ge=0, lt=1, help="share of labels replaced by the null class while training a conditional "
                                             "model (so it also samples unconditionally)")
     normalize: str = option("auto", choices=("auto", "standardize", "none"),
                             help="auto: standardise vectors, keep images in [-1, 1]")
     train: TrainConfig = option(factory=TrainConfig, help="optimisation")
 
     def validate(self) -> list[str]:
-        p = self.train.validate()
-        if not (finite(self.sigma) and self.sigma >= 0):
-            p.append(f"--sigma must be a finite number >= 0 (got {self.sigma!r})")
-        if not (finite(self.label_dropout) and 0 <= self.label_dropout < 1):
-            p.append(f"--label-dropout must be in [0, 1) (got {self.label_dropout!r})")
-        if self.width is not None and self.width < 1:
-            p.append(f"--width must be >= 1 (got {self.width})")
+        p = self.train.validate() + field_problems(self, nested=False)
         check_choice(p, "coupling", self.coupling, COUPLINGS)
         check_choice(p, "time-sampler", self.time_sampler, TIME_SAMPLERS)
         check_choice(p, "normalize", self.normalize, ("auto", "standardize", "none"))
@@ -65,16 +59,12 @@ class FineTuneStart:
 
     base: str = option("", required=True, metavar="RUN_DIR", help=BASE_HELP)
     prompt: str | None = option(None, metavar="TEXT", help=PROMPT_HELP)
-    lora_rank: int = option(0, metavar="R", help=LORA_RANK_HELP)
-    lora_alpha: float | None = option(None, metavar="A", help="LoRA scale: B A is multiplied by A / R (default: R)")
+    lora_rank: int = option(0, metavar="R", ge=0, help=LORA_RANK_HELP)
+    lora_alpha: float | None = option(None, metavar="A", gt=0, help="LoRA scale: B A is multiplied by A / R (default: R)")
     init_lora: str | None = option(None, metavar="FILE_OR_DIR", help=INIT_LORA_HELP)
 
     def start_problems(self) -> list[str]:
         p = []
-        if not isinstance(self.lora_rank, int) or self.lora_rank < 0:
-            p.append(f"--lora-rank must be >= 0, a whole number (got {self.lora_rank!r})")
-        if self.lora_alpha is not None and not (finite(self.lora_alpha) and self.lora_alpha > 0):
-            p.append(f"--lora-alpha must be a finite number > 0 (got {self.lora_alpha!r})")
         if self.init_lora is not None and not str(self.init_lora).strip():
             p.append("--init-lora is empty; pass a LoRA file or folder, or drop it")
         return p
@@ -90,32 +80,32 @@ class AlignConfig(FineTuneStart):
                               "python:FILE.py:FUNCTION, or a weighted sum 0.5*A+0.5*B (in Python: also a callable)")
     method: str = option("orw-w2", choices=ALIGN_METHODS,
                          help="orw-w2, orw (alpha = 0), rwr (offline reward-weighted CFM), raft (top fraction)")
-    alpha: float = option(ALIGN_DEFAULT_ALPHA, listed=True, metavar="A[,A...]",
+    alpha: float = option(ALIGN_DEFAULT_ALPHA, listed=True, metavar="A[,A...]", ge=0,
                           help="weight of the W2 term; larger keeps the model closer to the base and more diverse, "
                                "smaller chases the reward; a list like 0,0.1,0.3,1 runs a sweep")
-    tau: float = option(ALIGN_DEFAULT_TAU, help="inverse temperature of the weights exp(tau*r)")
-    refresh_every: int = option(50, help="K: steps between refreshes of the sampling policy")
-    rollout_solver: str = option("euler", choices=SOLVERS, help="solver of the rollouts")
-    rollout_steps: int = option(10, help="solver steps of each rollout")
+    tau: float = option(ALIGN_DEFAULT_TAU, gt=0, on_resume="apply", help="inverse temperature of the weights exp(tau*r)")
+    refresh_every: int = option(50, ge=1, on_resume="apply", help="K: steps between refreshes of the sampling policy")
+    rollout_solver: str = option("euler", choices=SOLVERS, on_resume="apply", help="solver of the rollouts")
+    rollout_steps: int = option(10, ge=1, on_resume="apply", help="solver steps of each rollout")
     weights: str = option("mean", choices=("mean", "none"),
                           help="mean: w/mean(w), so alpha means the same for any reward scale; none: raw exp(tau*r)")
     standardize_reward: bool = option(False, help="weight by the batch-standardised reward")
     coupling: str = option("independent", choices=COUPLINGS, help="noise-sample pairing (weights follow it)")
-    raft_fraction: float = option(0.25, help="share of each batch RAFT keeps")
-    rwr_samples: int = option(4096, help="size of RWR's fixed sample set")
+    raft_fraction: float = option(0.25, gt=0, le=1, help="share of each batch RAFT keeps")
+    rwr_samples: int = option(4096, ge=1, help="size of RWR's fixed sample set")
     w2: bool = option(False, help="add the W2 term to --method rwr or raft")
-    w2_budget: float | None = option(None, metavar="EPS",
+    w2_budget: float | None = option(None, metavar="EPS", gt=0,
                                      help="adapt alpha by dual ascent so that the W2-bound term stays <= EPS")
-    dual_lr: float = option(0.02, help="step of the dual ascent on alpha")
+    dual_lr: float = option(0.02, gt=0, on_resume="apply", help="step of the dual ascent on alpha")
     misaligned_weights: bool = option(False, help="do not re-order the weights with an OT re-pairing: reproduces the "
                                                   "released code's bug, for comparison only")
-    reward_timeout: float | None = option(None, metavar="SECONDS",
+    reward_timeout: float | None = option(None, metavar="SECONDS", gt=0, on_resume="apply",
                                           help="fail with a clear message when one reward call takes longer")
-    on_bad_reward: str = option("stop", choices=("stop", "skip"), help="stop on a NaN/inf reward or skip those samples")
-    eval_every: int = option(250, help="steps between evaluations")
-    eval_samples: int = option(512, help="samples per evaluation")
-    eval_solver: str = option("heun", choices=SOLVERS, help="solver of the evaluation samples")
-    eval_steps: int = option(25, help="solver steps of the evaluation samples")
+    on_bad_reward: str = option("stop", choices=("stop", "skip"), on_resume="apply", help="stop on a NaN/inf reward or skip those samples")
+    eval_every: int = option(250, ge=0, on_resume="apply", help="steps between evaluations")
+    eval_samples: int = option(512, ge=2, on_resume="apply", help="samples per evaluation")
+    eval_solver: str = option("heun", choices=SOLVERS, on_resume="apply", help="solver of the evaluation samples")
+    eval_steps: int = option(25, ge=1, on_resume="apply", help="solver steps of the evaluation samples")
     train: TrainConfig = option(factory=align_train_defaults, help="optimisation")
 
     @property
@@ -126,38 +116,20 @@ class AlignConfig(FineTuneStart):
         return float(self.alpha)
 
     def validate(self) -> list[str]:
-        p = self.train.validate()
+        p = self.train.validate() + field_problems(self, nested=False)
         check_choice(p, "method", self.method, ALIGN_METHODS)
-        if not (finite(self.alpha) and self.alpha >= 0):
-            p.append(f"--alpha must be >= 0 (got {self.alpha})")
         if self.method == "orw" and self.alpha not in (0, ALIGN_DEFAULT_ALPHA):
             p.append("--method orw is ORW-CFM without the W2 term (alpha = 0); use --method orw-w2 to set --alpha")
-        if not (finite(self.tau) and self.tau > 0):
-            p.append(f"--tau must be > 0 (got {self.tau})")
-        if self.refresh_every < 1:
-            p.append(f"--refresh-every must be >= 1 (got {self.refresh_every})")
         check_choice(p, "rollout-solver", self.rollout_solver, SOLVERS)
         check_choice(p, "eval-solver", self.eval_solver, SOLVERS)
-        if self.rollout_steps < 1 or self.eval_steps < 1:
-            p.append("--rollout-steps and --eval-steps must be >= 1")
         check_choice(p, "weights", self.weights, ("mean", "none"))
         check_choice(p, "coupling", self.coupling, COUPLINGS)
-        if not (finite(self.raft_fraction) and 0 < self.raft_fraction <= 1):
-            p.append(f"--raft-fraction must be in (0, 1] (got {self.raft_fraction})")
-        if self.rwr_samples < self.train.batch_size:
+        if not p and self.rwr_samples < self.train.batch_size:
             p.append(f"--rwr-samples ({self.rwr_samples}) must be >= --batch-size ({self.train.batch_size})")
-        if self.w2_budget is not None and not (finite(self.w2_budget) and self.w2_budget > 0):
-            p.append(f"--w2-budget must be a finite number > 0 (got {self.w2_budget})")
         if self.w2_budget is not None and self.method == "orw":
             p.append("--w2-budget adapts the W2 term's alpha; use it with --method orw-w2 (or rwr/raft)")
-        if self.reward_timeout is not None and not (finite(self.reward_timeout) and self.reward_timeout > 0):
-            p.append(f"--reward-timeout must be > 0 seconds (got {self.reward_timeout})")
-        if not (finite(self.dual_lr) and self.dual_lr > 0):
-            p.append(f"--dual-lr must be a finite number > 0 (got {self.dual_lr})")
         check_choice(p, "on-bad-reward", self.on_bad_reward, ("stop", "skip"))
         p += self.start_problems()
-        if self.eval_every < 0 or self.eval_samples < 2:
-            p.append("--eval-every must be >= 0 and --eval-samples >= 2")
         return p
 
 
@@ -165,21 +137,25 @@ class AlignConfig(FineTuneStart):
 class AdaptConfig(FineTuneStart):
     """Settings of a GFT / SFT run (see :mod:`flowsteer.methods.gft`)."""
 
+    # options that --resume refuses to change although their field says on_resume="apply"
+    RESUME_REFUSED: ClassVar[dict[str, str]] = {"steps": "the temperature schedule is laid out over --steps"}
+
     base: str = option("", required=True, metavar="RUN_DIR", help="the pretrained run folder (v_pre), or diffusers:DIR")
     target: str = option("", required=True, metavar="NAME|PATH",
                          help="target samples: a data set name (e.g. moons, digits:5-9) or a file")
     method: str = option("gft", choices=ADAPT_METHODS, help="gft or sft (tau = 0 throughout)")
     schedule: str = option("geometric", choices=SCHEDULES, help="temperature schedule")
-    tau0: float = option(10.0, help="temperature of the first stage")
-    stages: int = option(4, help="stages with tau > 0 before the final tau = 0 phase")
-    final_fraction: float = option(0.25, help="share of the steps at tau = 0")
+    tau0: float = option(10.0, ge=0, help="temperature of the first stage")
+    stages: int = option(4, ge=1, help="stages with tau > 0 before the final tau = 0 phase")
+    final_fraction: float = option(0.25, ge=0, lt=1, help="share of the steps at tau = 0")
     divide: bool = option(True, flag="--no-divide", help="do not divide the loss by 1 + tau")
     coupling: str = option("independent", choices=COUPLINGS, help="noise-target pairing")
-    sigma: float | None = option(None, help="diffusion of a stochastic flow; must equal the base's (default: the base's)")
-    n_target: int | None = option(None, help="use only N target samples (the limited-data regime)")
-    eval_every: int = option(500, help="steps between evaluations")
-    eval_samples: int = option(1000, help="samples per evaluation")
-    eval_nfes: tuple[int, ...] = option((1, 2, 4, 8, 16, 50), listed=True, metavar="K[,K...]",
+    sigma: float | None = option(None, ge=0,
+                                 help="diffusion of a stochastic flow; must equal the base's (default: the base's)")
+    n_target: int | None = option(None, ge=1, help="use only N target samples (the limited-data regime)")
+    eval_every: int = option(500, ge=0, on_resume="apply", help="steps between evaluations")
+    eval_samples: int = option(1000, ge=2, on_resume="apply", help="samples per evaluation")
+    eval_nfes: tuple[int, ...] = option((1, 2, 4, 8, 16, 50), listed=True, metavar="K[,K...]", ge=1,
                                         help="Euler step counts each evaluation samples with")
     train: TrainConfig = option(factory=adapt_train_defaults, help="optimisation")
 
@@ -190,18 +166,10 @@ class AdaptConfig(FineTuneStart):
         return TemperatureSchedule(self.schedule, self.tau0, self.stages, self.train.steps, self.final_fraction)
 
     def validate(self) -> list[str]:
-        p = self.train.validate()
+        p = self.train.validate() + field_problems(self, nested=False)
         check_choice(p, "method", self.method, ADAPT_METHODS)
         check_choice(p, "coupling", self.coupling, COUPLINGS)
-        if self.method == "gft" and not self.train.validate():
+        if self.method == "gft" and not p:  # the schedule's own checks need valid numbers
             p += schedule_problems(self.schedule, self.tau0, self.stages, self.train.steps, self.final_fraction)
-        if self.sigma is not None and not (finite(self.sigma) and self.sigma >= 0):
-            p.append(f"--sigma must be a finite number >= 0 (got {self.sigma!r})")
-        if self.n_target is not None and self.n_target < 1:
-            p.append(f"--n-target must be >= 1 (got {self.n_target})")
         p += self.start_problems()
-        if self.eval_every < 0 or self.eval_samples < 2:
-            p.append("--eval-every must be >= 0 and --eval-samples >= 2")
-        if not self.eval_nfes or any(int(n) < 1 for n in self.eval_nfes):
-            p.append("every evaluation NFE (--eval-nfes) must be >= 1")
         return p

@@ -12,13 +12,13 @@ Requires the ``peft`` package (``pip install 'flowsteer[diffusers]'``); nothing 
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 from typing import Any, Iterator
 
 from torch import Tensor, nn
 
 from ..extras import require
+from ..io import json_safe
 from .weights import trainable_state_dict
 
 # diffusers' own LoRA scripts target these projections
@@ -120,7 +120,21 @@ def peft_config(spec: dict[str, Any]) -> dict[str, Any]:
     """peft's ``adapter_config.json`` contents for a ``lora`` spec (JSON-ready)."""
     peft = require("peft", "diffusers")
     config = peft.LoraConfig(r=spec["r"], lora_alpha=spec["lora_alpha"], target_modules=spec["target_modules"])
-    return json.loads(json.dumps(config.to_dict(), default=lambda o: sorted(o) if isinstance(o, set) else str(o)))
+    return json_safe(_plain(config.to_dict()))
+
+
+def _plain(obj: Any) -> Any:
+    """Plain JSON data of peft's config values: sets as sorted lists, enums as their values, others as text."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, (set, frozenset)):
+        return [_plain(v) for v in sorted(obj)]
+    for kind in (bool, str, int, float):  # subclasses (str and int enums) as their plain values
+        if isinstance(obj, kind):
+            return kind(obj) if kind is not str else str.__str__(obj)
+    return None if obj is None else str(obj)
 
 
 def inject_saved_adapter(network: nn.Module, config_folder: str | Path, tensors: dict[str, Tensor]) -> nn.Module:

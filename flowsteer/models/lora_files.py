@@ -28,6 +28,7 @@ from safetensors import SafetensorError, safe_open
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..io import json_text
 from .lora import add_lora, inner_module
 from .weights import has_lora, load_trainable_state_dict, trainable_state_dict
 
@@ -70,7 +71,7 @@ def diffusers_lora_state(tensors: dict[str, Tensor], lora: dict[str, Any], kind:
     if metadata:
         described = {"r": int(lora["r"]), "lora_alpha": float(lora["lora_alpha"]),
                      "target_modules": list(lora["target_modules"])}
-        header[METADATA_KEY] = json.dumps({f"{prefix}.{k}": v for k, v in described.items()}, indent=2, sort_keys=True)
+        header[METADATA_KEY] = json_text({f"{prefix}.{k}": v for k, v in described.items()}).rstrip("\n")
     return state, header
 
 
