@@ -114,10 +114,10 @@ CASES = [
     ("sample-label-range", "sample --label beyond the run's classes",
      "sample --model {ws}/labelled --n 10 --label 3 --out {ws}/new.npy", 2, "--label 3 is out of range"),
     ("sample-label-negative", "a negative sample --label",
-     "sample --model {ws}/labelled --n 10 --label -1 --out {ws}/new.npy", 2, "--label -1 is out of range"),
+     "sample --model {ws}/labelled --n 10 --label -1 --out {ws}/new.npy", 2, "--label must be >= 0"),
     ("sample-label-huge", "a sample --label beyond int64",
      "sample --model {ws}/labelled --n 10 --label 99999999999999999999999 --out {ws}/new.npy", 2,
-     "has classes 0..2"),
+     "--label must fit in 64 bits"),
     ("sample-label-no-classes", "sample --label on a run without classes",
      "sample --model {ws}/run --n 10 --label 0 --out {ws}/new.npy", 2, "is not class-conditional"),
     ("folder-images-and-classes", "an image folder with images at the top and class sub-folders",
@@ -180,7 +180,7 @@ CASES = [
     ("sample-seed-negative", "a negative sample seed",
      "sample --model {ws}/run --n 10 --seed -1 --out {ws}/existing.npy", 2, "--seed must be in [0, 2^63)"),
     ("yaml-nan", "NaN in a YAML config", "pretrain --config {ws}/nan.yaml --out {ws}/new", 2,
-     "argument --lr: 'nan' is not a finite number"),
+     "option 'lr': 'nan' is not a finite number"),
 ]
 
 
