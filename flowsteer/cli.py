@@ -134,13 +134,19 @@ def parse_args(argv: Sequence[str] | None = None) -> Parsed:
 # --------------------------------------------------------------------------- commands
 
 
-def _check_out_dir(out: Path, resume: str | None) -> None:
-    from .runs import CONFIG_FILE
+def _check_out_dir(out: Path, kind: str, resume: str | None, base: str | None = None) -> None:
+    """Refuse an --out that a ``kind`` command may not write, before any work (:mod:`flowsteer.ownership`)."""
+    from .ownership import check_folder
 
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {str(out)!r} is a file; choose a folder")
-    if out.is_dir() and (out / CONFIG_FILE).exists() and not resume:
-        raise ConfigError(f"--out {str(out)!r} already holds a run; pass --resume to continue it or choose another --out")
+    check_folder(out, kind, resume=resume, base=base)
+
+
+def _claimed(out: Path, kind: str, resume: str | None = None, base: str | None = None, **kwargs: Any) -> Any:
+    """``out`` taken for the command's life: checked again, created or adopted, recorded and locked."""
+    from .distributed import setup
+    from .ownership import claim_folder
+
+    return claim_folder(out, kind, resume=resume, base=base, dist=setup(), **kwargs)
 
 
 def _check_init_lora(config: Any) -> None:
@@ -173,8 +179,9 @@ def cmd_pretrain(p: Parsed) -> int:
 
     config, target = p[PretrainConfig], p[RunOutput]
     out = Path(target.out)
-    _check_out_dir(out, target.resume)
-    run = pretrain(config, out, progress=p.display.mode, resume=target.resume)
+    _check_out_dir(out, "pretrain", target.resume)
+    with _claimed(out, "pretrain", target.resume):
+        run = pretrain(config, out, progress=p.display.mode, resume=target.resume)
     p.say(f"saved run to {out} ({run.config['steps_done']} steps); sample it with: "
           f"flowsteer sample --model {out} --n 1000 --out samples.npy")
     return 0
@@ -182,12 +189,14 @@ def cmd_pretrain(p: Parsed) -> int:
 
 def cmd_sample(p: Parsed) -> int:
     from .devices import resolve_device
+    from .ownership import check_output_file
     from .plots import save_samples
     from .runs import load_run
 
     config = _validated(p[SampleConfig])
-    run = load_run(config.model, device=resolve_device(config.device))
     out = Path(config.out)
+    check_output_file(out, "--out")
+    run = load_run(config.model, device=resolve_device(config.device))
     if out.suffix == ".png" and not (len(run.shape) == 3 or run.shape == (2,)):
         raise ConfigError(f"a PNG needs images or 2-D points, but this model makes shape {run.shape}; write .npy instead")
     result = run.sample(config.n, solver=config.solver, steps=config.steps, seed=config.seed, labels=config.label)
@@ -201,13 +210,17 @@ def cmd_align(p: Parsed) -> int:
     from .distributed import setup
     from .methods.orw import align
     from .methods.sweep import align_sweep
+    from .ownership import SWEEP
     from .rewards import build_reward
     from .runs import PARETO_PLOT, SWEEP_FILE
 
     config, target = p[AlignConfig], p[RunOutput]
     alphas = p.lists.get("alpha", [config.alpha])
     out = Path(target.out)
-    _check_out_dir(out, target.resume)
+    if len(alphas) > 1 and target.resume:
+        raise ConfigError("--resume continues one run; resume a sweep's runs one at a time (--out DIR/alpha-A)")
+    kind = "align" if len(alphas) == 1 else SWEEP
+    _check_out_dir(out, kind, target.resume, base=config.base)
     if config.method == "orw" and "alpha" in p.lists and any(a > 0 for a in alphas):
         raise ConfigError("--method orw is ORW-CFM without the W2 term (alpha = 0); use --method orw-w2 to set --alpha")
     problems = []
@@ -219,9 +232,8 @@ def cmd_align(p: Parsed) -> int:
     build_reward(config.reward)  # likewise for an unknown or unloadable reward
     _check_init_lora(config)
     if len(alphas) > 1:
-        if target.resume:
-            raise ConfigError("--resume continues one run; resume a sweep's runs one at a time (--out DIR/alpha-A)")
-        summary = align_sweep(config, alphas, out, progress=p.display.mode)
+        with _claimed(out, kind, base=config.base):
+            summary = align_sweep(config, alphas, out, progress=p.display.mode)
         if not setup().is_main:
             return 0
         for point in summary["points"]:
@@ -230,7 +242,8 @@ def cmd_align(p: Parsed) -> int:
                   + f"W2 to base {point['w2_to_reference']:.3f}")
         p.say(f"sweep: {out / SWEEP_FILE}  plot: {out / PARETO_PLOT}")
         return 0
-    run = align(config, out, progress=p.display.mode, resume=target.resume)
+    with _claimed(out, kind, target.resume, base=config.base):
+        run = align(config, out, progress=p.display.mode, resume=target.resume)
     if not setup().is_main:  # under accelerate launch, rank 0 reports
         return 0
     f = run.config["final"]
@@ -248,14 +261,15 @@ def cmd_adapt(p: Parsed) -> int:
 
     config, target = p[AdaptConfig], p[RunOutput]
     out = Path(target.out)
-    _check_out_dir(out, target.resume)
+    _check_out_dir(out, "adapt", target.resume, base=config.base)
     _validated(config)
     base_config(config.base, prompt=config.prompt)
     _check_init_lora(config)
     if config.method == "gft" and config.final_fraction == 0:
         print("flowsteer: warning: --final-fraction 0: the schedule never reaches tau = 0, so the model stops at a "
               "blend of the base and the target; give --final-fraction > 0 to reach the target", file=sys.stderr)
-    run = adapt(config, out, progress=p.display.mode, resume=target.resume)
+    with _claimed(out, "adapt", target.resume, base=config.base):
+        run = adapt(config, out, progress=p.display.mode, resume=target.resume)
     if not setup().is_main:
         return 0
     f = run.config["final"]
@@ -269,8 +283,11 @@ def cmd_adapt(p: Parsed) -> int:
 
 def cmd_evaluate(p: Parsed) -> int:
     from .evaluation import evaluate, evaluation_json, write_evaluation
+    from .ownership import check_output_file
 
     config = _validated(p[EvaluationConfig])
+    if config.json != "-":  # a run's own evaluation.json is where report reads it; nothing else inside a run
+        check_output_file(Path(config.json), "--json", model=str(config.model))
     result = evaluate(config)
     if config.json == "-":
         sys.stdout.write(evaluation_json(result))
@@ -284,7 +301,8 @@ def cmd_report(p: Parsed) -> int:
     from .report import write_report
 
     config = p[ReportConfig]
-    index = write_report([Path(r) for r in config.runs], Path(config.out), title=config.title, say=p.say)
+    with _claimed(Path(config.out), "report"):  # a new or empty folder, or a report flowsteer wrote there
+        index = write_report([Path(r) for r in config.runs], Path(config.out), title=config.title, say=p.say)
     p.say(f"report: {index.resolve()}")
     return 0
 
@@ -300,10 +318,11 @@ def cmd_export(p: Parsed) -> int:
 
 
 def cmd_demo(p: Parsed) -> int:
-    from .demo import run_demo
+    from .demo import DEMO_ENTRIES, run_demo
 
     config = p[DemoConfig]
-    run_demo(Path(config.out), fast=config.fast, progress=p.display.mode, say=p.say, device=config.device)
+    with _claimed(Path(config.out), "demo", legacy=DEMO_ENTRIES):
+        run_demo(Path(config.out), fast=config.fast, progress=p.display.mode, say=p.say, device=config.device)
     return 0
 
 
