@@ -134,7 +134,10 @@ def check_folder(out: Path, kind: str, *, resume: str | bool | None = None, base
     if out.is_symlink() and not out.is_dir() or out.exists() and not out.is_dir():
         raise ConfigError(f"--out {where} is a file; choose a folder")
     resolved, base_dir = Path(os.path.abspath(out)).resolve(), _base_folder(base)
-    if base_dir is not None and (resolved == base_dir or base_dir in resolved.parents):
+    # inside the base: a diffusers model folder or a run (a --base that is neither gets its own error later)
+    inside = base_dir is not None and base_dir in resolved.parents and \
+        (str(base).startswith("diffusers:") or folder_kind(base_dir) is not None)
+    if base_dir is not None and resolved == base_dir or inside:
         what = "is the --base itself" if resolved == base_dir else "lies inside the --base folder"
         raise ConfigError(f"--out {where} {what}; a fine-tuned run gets a folder of its own and the base stays as "
                           "it is: choose a new or empty folder for --out")
