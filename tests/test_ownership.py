@@ -17,6 +17,8 @@ import pytest
 
 from conftest import cli, cli_env
 from test_cli import assert_user_error
+from flowsteer.distributed import Distributed
+from flowsteer.errors import FlowsteerError
 from flowsteer.ownership import claim_folder, is_temporary
 from flowsteer.runs import FINAL_METRICS_FILE, LOCK_FILE, OWNER_FILE
 
@@ -143,6 +145,37 @@ def test_the_lock_is_held_for_the_block_and_released_after(tmp_path):
     assert (out / "x").is_file() and json.loads((out / OWNER_FILE).read_text())["kind"] == "pretrain"
 
 
+class _Rank(Distributed):
+    """Rank ``rank`` of 2, whose ``gather_object`` answers with the scripted lists (the other rank's words)."""
+
+    def __init__(self, rank: int, answers: list[list]) -> None:
+        super().__init__(rank=rank, world_size=2)
+        self.answers, self.sent = answers, []
+
+    def gather_object(self, obj):
+        self.sent.append(obj)
+        return self.answers.pop(0)
+
+
+def test_under_several_processes_rank_0_alone_takes_the_folder_and_a_refusal_reaches_every_rank(tmp_path):
+    out = tmp_path / "r"
+    rank1 = _Rank(1, [[None, None], [None, None]])
+    with claim_folder(out, "align", dist=rank1) as claim:
+        assert claim is None and not out.exists()  # rank 1 checks, writes nothing
+    assert rank1.sent == [None, None]
+    busy = "--out 'r' is being written by another flowsteer process (pid 7); wait for it to finish"
+    with pytest.raises(FlowsteerError, match=r"pid 7"):
+        with claim_folder(out, "align", dist=_Rank(1, [[None, None], [busy, None]])):
+            pass
+    (tmp_path / "f").mkdir()
+    (tmp_path / "f" / "x.txt").write_text("x")
+    rank0 = _Rank(0, [["refused on rank 0", "refused on rank 1"]])
+    with pytest.raises(FlowsteerError, match="did not create"):  # rank 0 raises its own reason, never takes it
+        with claim_folder(tmp_path / "f", "align", dist=rank0):
+            pass
+    assert "did not create" in rank0.sent[0] and sorted(p.name for p in (tmp_path / "f").iterdir()) == ["x.txt"]
+
+
 # ----------------------------------------------------------------------------- a full or read-only disk
 
 def _failing_replace(monkeypatch, should_fail, folder: Path, seen: dict):
@@ -187,6 +220,26 @@ def test_a_full_disk_gives_one_line_and_keeps_the_old_files(stage, moons_run, tm
     if stage == "checkpoint":
         assert (out / "latest").read_text().strip() == "checkpoint-10"
         assert (out / "model.safetensors").read_bytes() == (out / "checkpoint-10" / "model.safetensors").read_bytes()
+
+
+@pytest.mark.parametrize("code, words", [(errno.EROFS, "the file system is read-only"),
+                                         (errno.EACCES, "permission denied"),
+                                         (errno.EDQUOT, "the disk quota is used up")])
+def test_a_read_only_or_full_target_is_named_as_such(code, words, moons_run, tmp_path, monkeypatch):
+    """What a read-only folder raises, simulated for root (which writes anyway): one line, files untouched."""
+    out = tmp_path / "run"
+    shutil.copytree(moons_run, out)
+    before = _digest(out)
+
+    def replace(src, dst, *args, **kwargs):
+        raise OSError(code, os.strerror(code), str(dst))
+
+    monkeypatch.setattr(os, "replace", replace)
+    proc = cli(*MOONS_RUN, "--resume", "--out", str(out))
+    monkeypatch.undo()
+    assert_user_error(proc, words)
+    after = _digest(out)
+    assert {name: after.get(name) for name in before} == before and set(after) - set(before) <= {LOCK_FILE}
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders; the ENOSPC test covers the path")
