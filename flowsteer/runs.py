@@ -69,6 +69,13 @@ REWARD_CURVE_PLOT = "reward_curve.png"
 PARETO_PLOT = "pareto.png"
 METRICS_VS_STEP_PLOT = "metrics_vs_step.png"
 METRICS_VS_NFE_PLOT = "metrics_vs_nfe.png"
+REPORT_PAGE, REPORT_IMAGES = "index.html", "img"
+# Bookkeeping of every folder a flowsteer command writes (see flowsteer.ownership): what made it, and the
+# lock its writer holds.  Temporaries of killed writers (checkpoint folders, atomic writes, exports) are
+# dot-names ending in TEMP_SUFFIXES or holding ".tmp."; the next run of the folder removes them.
+OWNER_FILE = ".flowsteer-folder.json"
+LOCK_FILE = ".flowsteer.lock"
+TEMP_SUFFIXES = (".tmp", ".export-tmp")
 
 
 def save_weights(path: Path, state: dict[str, Tensor], metadata: dict[str, str] | None = None) -> None:

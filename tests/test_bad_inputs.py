@@ -181,6 +181,36 @@ CASES = [
      "sample --model {ws}/run --n 10 --seed -1 --out {ws}/existing.npy", 2, "--seed must be in [0, 2^63)"),
     ("yaml-nan", "NaN in a YAML config", "pretrain --config {ws}/nan.yaml --out {ws}/new", 2,
      "option 'lr': 'nan' is not a finite number"),
+    # --- issue 14: run-folder ownership and output files (flowsteer/ownership.py)
+    ("out-is-base", "align --out is its own --base, even with --resume",
+     "align --base {ws}/run --reward target:1,0 --out {ws}/run --resume", 2, "is the --base itself"),
+    ("out-other-command", "align --resume into a pretrain run (the advice must not be --resume)",
+     "align --base {ws}/corrupt --reward target:1,0 --out {ws}/run --resume", 2, "not an align run"),
+    ("out-foreign-weights", "--out holds a model.safetensors and config.json flowsteer did not write, with --resume",
+     "pretrain --data moons --out {ws}/foreign --resume", 2, "did not create"),
+    ("out-foreign", "align --out is a folder of other files", "align --base {ws}/run --reward target:1,0 --out {ws}/mixed",
+     2, "did not create"),
+    ("out-inside-run", "--out inside another run's folder", "pretrain --data moons --out {ws}/corrupt/sub", 2,
+     "lies inside a pretrain run"),
+    ("out-inside-base", "--out inside the --base folder", "adapt --base {ws}/run --target moons --out {ws}/run/adapted",
+     2, "lies inside the --base folder"),
+    ("out-no-checkpoint", "--resume of a run killed before its first checkpoint",
+     "pretrain --data moons --out {ws}/nockpt --resume", 2, "stopped before its first checkpoint"),
+    ("sweep-into-run", "an align sweep into a run folder",
+     "align --base {ws}/run --reward target:1,0 --alpha 0,1 --out {ws}/corrupt", 2, "not an align sweep"),
+    ("sample-into-run", "sample --out would replace a run's own file",
+     "sample --model {ws}/run --n 10 --out {ws}/run/checkpoint-300/model.png", 2, "lies inside a pretrain run"),
+    ("sample-onto-folder", "sample --out names a folder", "sample --model {ws}/run --n 10 --out {ws}/folder.npy", 2,
+     "is a folder"),
+    ("evaluate-onto-config", "evaluate --json onto a run's config.json",
+     "evaluate --model {ws}/run --json {ws}/run/config.json", 2, "lies inside a pretrain run"),
+    ("evaluate-into-other-run", "evaluate --json into another run's evaluation.json",
+     "evaluate --model {ws}/run --json {ws}/corrupt/evaluation.json", 2, "of the --model run"),
+    ("report-into-run", "report --out a run folder", "report {ws}/run --out {ws}/corrupt", 2, "not a report"),
+    ("report-into-foreign", "report --out a folder of other files", "report {ws}/run --out {ws}/mixed", 2,
+     "did not create"),
+    ("export-into-run", "export --out inside a run folder", "export {ws}/run --out {ws}/corrupt/export", 2,
+     "lies inside a pretrain run"),
 ]
 
 
@@ -235,6 +265,18 @@ def build_workspace(ws: Path, run: Path) -> Path:
     _write_data_cases(ws)  # issue 14: data
     # --- issue 14: resume settings and numeric options
     (ws / "nan.yaml").write_text("data: moons\nlr: .nan\n")
+    # --- issue 14: run-folder ownership and output files
+    from flowsteer.runs import METRICS_FILE, OWNER_FILE, WEIGHTS_FILE
+
+    (ws / "foreign").mkdir()  # a model folder of another origin: weights and a config.json flowsteer did not write
+    shutil.copy(run / WEIGHTS_FILE, ws / "foreign" / WEIGHTS_FILE)
+    (ws / "foreign" / "config.json").write_text('{"_class_name": "UNet2DModel"}\n')
+    (ws / "nockpt").mkdir()  # a pretrain run killed before its first checkpoint
+    (ws / "nockpt" / OWNER_FILE).write_text('{"kind": "pretrain"}\n')
+    (ws / "nockpt" / METRICS_FILE).write_text('{"step": 50, "kind": "train", "loss": 1.0}\n')
+    for name in ("folder.npy", "folder.json"):
+        (ws / name).mkdir()
+        (ws / name / "keep.txt").write_text("keep\n")
     return ws
 
 

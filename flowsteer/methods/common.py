@@ -24,7 +24,7 @@ from ..devices import precision_problems, resolve_device
 from ..distributed import Distributed, setup
 from ..errors import ConfigError, RunFolderError
 from ..export import export_finished_run
-from ..io import atomic_write_json
+from ..io import atomic_write_json, disk_errors
 from ..models import build_model
 from ..models.lora import AdapterDisabled, add_lora, lora_spec
 from ..models.lora_files import init_lora as load_lora_file, read_lora
@@ -275,5 +275,6 @@ def finish_run(trainer: Trainer, run_config: dict[str, Any], out: Path | None, *
 def start_run_folder(out: Path | None, prompt_embeds: dict[str, torch.Tensor] | None, dist: Distributed) -> None:
     """Files a run needs before its first checkpoint: a text-conditioned run's prompt states."""
     if out is not None and prompt_embeds and dist.is_main:
-        out.mkdir(parents=True, exist_ok=True)
+        with disk_errors(out):
+            out.mkdir(parents=True, exist_ok=True)
         save_prompt_embeds(out, prompt_embeds)

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..distributed import setup
 from ..io import atomic_write_json
+from ..ownership import claim_folder
 from ..plots import save_pareto
 from ..runs import PARETO_PLOT, SWEEP_FILE, Run, read_config
 from .configs import AlignConfig
@@ -22,7 +23,10 @@ def sweep_run_dir(out: str | Path, alpha: float) -> Path:
 def align_sweep(config: AlignConfig, alphas: list[float], out: str | Path, *, progress: str = "auto") -> dict[str, Any]:
     """Run :func:`~flowsteer.methods.orw.align` once per alpha into ``out/alpha-A``; write ``sweep.json`` and
     ``pareto.png``; returns the summary (empty ``points`` on ranks other than 0)."""
-    runs = [align(dataclasses.replace(config, alpha=float(a)), sweep_run_dir(out, a), progress=progress) for a in alphas]
+    runs = []
+    for a in alphas:
+        with claim_folder(sweep_run_dir(out, a), "align", dist=setup()):  # each run is an align run of its own
+            runs.append(align(dataclasses.replace(config, alpha=float(a)), sweep_run_dir(out, a), progress=progress))
     if not setup().is_main:
         return {"points": []}
     return write_sweep_summary(out, runs)
