@@ -135,11 +135,19 @@ def restore_saved_settings(command: str, options: list[Option], values: dict[tup
                           "restored; start a new run with another --out") from None
     if not isinstance(data, dict) or data.get("format") != RUN_FORMAT or not isinstance(data.get("settings"), dict):
         return set()
+    from .ownership import check_folder  # first: may this command write --out at all (its own --base, another's run)?
+
+    check_folder(Path(out), command, resume=True, base=values.get(("base",)))
     if data.get("method") != command:
         raise ConfigError(f"--resume: {out!r} holds a {data.get('method')} run, not {_a(command)} run; resume it with "
                           f"flowsteer {data.get('method')} --out {out} --resume, or choose another --out")
     saved_options = [o for o in options if o.owner not in (RunOutput, Display)]
-    saved_argv = config_argv(saved_options, config_mapping(str(path), command), str(path))
+    try:
+        saved_argv = config_argv(saved_options, config_mapping(str(path), command), str(path))
+    except ConfigError as exc:
+        what = str(exc).split("; ")[0]  # the problem, without advice meant for a YAML file written by hand
+        raise ConfigError(f"--resume: {what}; the run's saved settings are damaged - start a new run with another "
+                          "--out") from None
     class SavedSettings(parser_class):  # type: ignore[misc, valid-type]
         def error(self, message: str) -> Any:
             raise ConfigError(f"--resume: {path}: {message}; the run's saved settings are damaged - start a new run "

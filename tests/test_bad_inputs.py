@@ -163,7 +163,7 @@ CASES = [
     ("resume-changes-width", "--resume with a --width other than the run's",
      "pretrain --out {ws}/run --resume --width 64", 2, "--resume: --width 64 differs from the run's saved value (none"),
     ("resume-other-kind", "align --resume on a pretrain run folder", "align --out {ws}/run --resume", 2,
-     "holds a pretrain run, not an align run"),
+     "not an align run"),
     ("resume-steps-behind", "--resume with --steps below the checkpoint's step",
      "pretrain --out {ws}/run --resume --steps 100", 2, "checkpoint-300 is at step 300, past --steps 100"),
     ("lr-nan", "--lr nan", "pretrain --data moons --lr nan --out {ws}/new", 2, "argument --lr: 'nan' is not a finite"),

@@ -12,6 +12,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+
+from flowsteer.runs import OWNER_FILE
 import torch
 from safetensors.torch import load_file
 
@@ -121,6 +123,8 @@ def _fake_run(folder: Path, method: str, config) -> Path:
         values["eval_nfes"] = list(config.eval_nfes)
     write_config(folder, {"method": method, "model": {"kind": "mlp"}, "settings": values, "seed": 0,
                           "steps_done": 20})
+    (folder / OWNER_FILE).write_text(json.dumps({"kind": method}))  # made by that command (flowsteer.ownership)
+    (folder / "checkpoint-20").mkdir()  # and it reached a checkpoint (the refusals come before it is read)
     return folder
 
 
@@ -165,7 +169,8 @@ def test_resume_of_another_kind_of_run_is_refused(tmp_path):
     run = _fake_run(tmp_path / "run", "pretrain", PretrainConfig(data="moons"))
     proc = cli("align", "--out", str(run), "--resume")
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
-    assert "holds a pretrain run, not an align run; resume it with flowsteer pretrain" in proc.stderr
+    assert "holds a pretrain run of flowsteer, not an align run" in proc.stderr  # flowsteer.ownership speaks first
+    assert "--resume" not in proc.stderr.split(";", 1)[1]  # and its advice is safe to follow
 
 
 def test_steps_below_the_checkpoint_are_refused(pretrained, tmp_path):
@@ -211,7 +216,7 @@ def test_damaged_saved_settings_are_one_line(tmp_path):
     proc = cli("pretrain", "--out", str(run), "--resume")
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
-    assert "--resume:" in lines[0] and "config.json" in lines[0] and "--lr" in lines[0] and "damaged" in lines[0]
+    assert "--resume:" in lines[0] and "config.json" in lines[0] and "'lr'" in lines[0] and "damaged" in lines[0]
 
 
 def test_resume_without_a_saved_run_says_what_is_missing(tmp_path):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 from typing import Any, Callable
 
 import numpy as np
@@ -85,7 +84,7 @@ def load_classifier(kind: str) -> nn.Module:
     """The trained ``kind`` classifier (CPU, eval mode): from the cache, else trained now and cached."""
     from safetensors.torch import load_file, save_file
 
-    from ..io import atomic_path, atomic_write_text
+    from ..io import atomic_path, atomic_write_json
     from ..mnist import cache_dir, load_mnist_arrays
     from .protocol import RewardError
 
@@ -105,8 +104,7 @@ def load_classifier(kind: str) -> nn.Module:
                           "it is not used (check the data with flowsteer data mnist)")
     with atomic_path(weights) as tmp:
         save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp))
-    atomic_write_text(stem.with_suffix(".json"), json.dumps({"kind": kind, "test_accuracy": acc,
-                                                             "recipe": RECIPE_VERSION}) + "\n")
+    atomic_write_json(stem.with_suffix(".json"), {"kind": kind, "test_accuracy": acc, "recipe": RECIPE_VERSION})
     return net
 
 
