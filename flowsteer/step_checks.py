@@ -12,7 +12,8 @@ ones in one synchronisation (at log, evaluation and checkpoint steps; every step
   (e.g. ``align --lr 10``: 10^10 times) crosses it in a few steps.  The starting value is checkpointed.
 
 ``max_bad_steps`` bad steps (of either kind) in a row raise :class:`~flowsteer.errors.TrainingStopped`
-(exit 3); the last checkpoint is kept.
+(exit 3); the last checkpoint is kept.  Under several processes the Trainer averages the monitor over the ranks
+(on the device), so every rank reaches the same verdict and they stop together.
 """
 
 from __future__ import annotations

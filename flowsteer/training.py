@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from .config import TrainConfig
 from .devices import autocast, configure_matmul, precision_problems
-from .distributed import Distributed
+from .distributed import Distributed, mean_across_ranks
 from .errors import ConfigError, Interrupted, TrainingStopped
 from .interrupts import StepInterrupted, StopSignals
 from .models import enable_gradient_checkpointing
@@ -278,7 +278,9 @@ class Trainer:
         self.scheduler.step()
         if self.ema is not None:
             self.ema.update(self.model, self.step, ok)
-        self.checks.add(self.step, loss, grad_norm, loss if out.monitor is None else out.monitor)
+        monitor = (loss if out.monitor is None else out.monitor).detach().float()
+        # every rank must reach the same verdict on divergence: the monitor is averaged over ranks (on the device)
+        self.checks.add(self.step, loss, grad_norm, mean_across_ranks(monitor) if self.dist.enabled else monitor)
         return out, grad_norm, ok
 
     def _settle(self) -> None:
