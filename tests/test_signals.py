@@ -169,3 +169,35 @@ def test_regions_raise_only_when_armed():
     with interruptible():  # no Trainer: inert
         reached.append("inert")
     assert reached == ["unarmed", "inert"]
+
+
+def test_a_slow_rollout_is_cut_short(moons_run):
+    """ORW's rollout is a region too: a stop signal during a slow network call ends it at once."""
+    import torch
+
+    from flowsteer.methods.orw import AlignConfig, RewardWeightedObjective
+    from flowsteer.runs import load_run
+
+    base, reached = load_run(moons_run), []
+
+    class Slow(torch.nn.Module):
+        def forward(self, t, x, **cond):
+            if not reached:  # the first network call is the slow one
+                reached.append("called")
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(30)
+                reached.append("slept through")
+            return base.model(t, x, **cond)
+
+    objective = RewardWeightedObjective(reference=base.model, reward=lambda x: x[:, 0], decode=base.decode,
+                                        config=AlignConfig(base=str(moons_run), reward="target:1,0"), shape=base.shape,
+                                        sigma=base.sigma, generator=torch.Generator())
+    stops = StopSignals()
+    stops.install()
+    try:
+        stops.armed = True
+        with pytest.raises(StepInterrupted):
+            objective._rollout(Slow(), 4, torch.Generator().manual_seed(0))
+    finally:
+        stops.uninstall()
+    assert stops.received == signal.SIGTERM and reached == ["called"]
