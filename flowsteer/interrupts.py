@@ -47,8 +47,8 @@ class Abort(KeyboardInterrupt):
 
     def __init__(self, signum: int) -> None:
         name = signal.Signals(signum).name
-        super().__init__(f"interrupted again by {name} while stopping; exited at once without a new checkpoint - "
-                         "the last checkpoint is kept: run the same command with --resume to continue from it")
+        super().__init__(f"interrupted again by {name} while stopping; exited at once without a new checkpoint - any "
+                         "checkpoint written before is kept: run the same command with --resume to continue from it")
         self.signum = signum
         self.exit_code = 128 + signum
 
