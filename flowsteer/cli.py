@@ -187,9 +187,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FlowsteerError as exc:
         print(f"flowsteer: error: {exc}", file=sys.stderr)
         return int(getattr(exc, "exit_code", EXIT_USER_ERROR))
-    except KeyboardInterrupt:
-        print("flowsteer: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C outside training, or a second signal in it (interrupts.Abort)
+        print(f"flowsteer: {str(exc) or 'interrupted'}", file=sys.stderr)
+        return int(getattr(exc, "exit_code", 130))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -28,10 +28,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .errors import FlowsteerError
+from .interrupts import interruptible
 from .metrics import class_histogram, entropy, frechet_distance, mean_pairwise_distance, path_metrics, wasserstein2
 from .models.weights import swapped_weights
 from .rewards.classifier import digit_logits
-from .rewards.protocol import score
+from .rewards.protocol import classify, nonfinite_error, num_classes as class_count, score
 from .solvers import integrate
 
 
@@ -82,10 +84,16 @@ class SampleMetrics:
         ``rewards``: already computed rewards of ``x`` (not scored again)."""
         out: dict[str, Any] = {}
         if self.reward is not None:
-            out.update(reward_statistics(self.rewards(x, cond) if rewards is None else rewards))
-            classify = getattr(self.reward, "classify", None)
-            if callable(classify):
-                hist = class_histogram(classify(x), int(getattr(self.reward, "num_classes", 10)))
+            stats = reward_statistics(self.rewards(x, cond) if rewards is None else rewards)
+            if stats["reward_nonfinite"] == x.shape[0]:  # no figure to report: the reward (or the model) is broken
+                if not bool(torch.isfinite(x).all()):
+                    raise FlowsteerError("the model's samples are NaN or inf, so the reward cannot score them: the "
+                                         "model diverged - use an earlier checkpoint, or train again with a lower --lr")
+                raise nonfinite_error(self.reward, x.shape[0], x.shape[0], skip_option=False)
+            out.update(stats)
+            labels = classify(self.reward, x, timeout=self.reward_timeout)
+            if labels is not None:
+                hist = class_histogram(labels, class_count(self.reward))
                 out["class_histogram"] = [round(float(v), 4) for v in hist]
                 out["class_entropy"] = entropy(hist)
                 out["top_class"] = int(np.argmax(hist))
@@ -144,8 +152,9 @@ class AlignEvaluator:
         self.reference_x = self.sample(reference)
 
     def sample(self, model: nn.Module) -> Tensor:
-        res = integrate(model, self.x0, solver=self.solver, steps=self.steps, sigma=self.sigma, cond=self.cond,
-                        generator=torch.Generator(device=self.device).manual_seed(54321))
+        with interruptible():  # inside any swap of weights (see flowsteer.interrupts)
+            res = integrate(model, self.x0, solver=self.solver, steps=self.steps, sigma=self.sigma, cond=self.cond,
+                            generator=torch.Generator(device=self.device).manual_seed(54321))
         return self.decode(res.x)
 
     def __call__(self, trainer: Any) -> dict[str, Any]:

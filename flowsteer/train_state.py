@@ -89,3 +89,17 @@ def weights_digest(model: nn.Module) -> str:
         h.update(key.encode())
         h.update(value.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
+
+
+def set_base_lr(optimizer: torch.optim.Optimizer, scheduler: Any, lr: float) -> None:
+    """Make ``lr`` the base learning rate of a LambdaLR ``scheduler`` and its ``optimizer`` mid-run.
+
+    The scheduler's step count is kept; with an unchanged ``lr`` the group rates are the very floats a
+    checkpoint held (``base_lr * factor(step)``, as LambdaLR computes them).
+    """
+    k = scheduler.last_epoch
+    lrs = [lr * factor(k) for factor in scheduler.lr_lambdas]
+    scheduler.base_lrs = [lr] * len(lrs)
+    for group, value in zip(optimizer.param_groups, lrs):
+        group["lr"], group["initial_lr"] = value, lr
+    scheduler._last_lr = lrs  # what get_last_lr() reports until the next step

@@ -15,14 +15,18 @@ Per step ``k``, all on the run's device and without a host synchronisation::
 
 The step's flags and metric sums stay on the device; they are read (one synchronisation) at log,
 evaluation and checkpoint steps, and after every step on the CPU, where reading is free.  A skipped step
-is then logged, and ``max_bad_steps`` of them in a row stop the run.
+is then logged, and ``max_bad_steps`` of them in a row stop the run (:class:`TrainingStopped`, exit 3).  A
+finite loss that blows up (over 10^4 times its first value) counts as a bad step too (:mod:`flowsteer.step_checks`).
+
+Signals (:mod:`flowsteer.interrupts`): SIGINT / SIGTERM finish the step, checkpoint and stop (exit 128 +
+signal); during an objective's interruptible region (ORW's rollouts and reward calls) or an evaluation, the
+step is cut short and the checkpoint holds the last completed step.  A second signal exits at once.
 """
 
 from __future__ import annotations
 
 import math
 import signal
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
@@ -32,12 +36,14 @@ from torch import Tensor, nn
 
 from .config import TrainConfig
 from .devices import autocast, configure_matmul, precision_problems
-from .distributed import Distributed
-from .errors import ConfigError, Interrupted, TrainingStopped
+from .distributed import Distributed, mean_across_ranks
+from .errors import ConfigError, Interrupted
+from .interrupts import StepInterrupted, StopSignals
 from .models import enable_gradient_checkpointing
 from .models.weights import load_trainable_state_dict, trainable_state_dict
 from .progress import Progress
-from .train_state import EMA, rng_state, seed_everything, set_rng_state, weights_digest
+from .step_checks import StepChecks
+from .train_state import EMA, rng_state, seed_everything, set_base_lr, set_rng_state, weights_digest
 
 __all__ = ["EMA", "Objective", "StepOutput", "TrainResult", "Trainer", "seed_everything"]
 
@@ -49,14 +55,22 @@ class StepOutput:
     Attributes:
         loss: scalar tensor to minimise.
         metrics: extra scalars to log (tensors are averaged over the log interval).
+        monitor: the scalar the divergence check watches instead of ``loss`` (None = the loss): for a loss
+            whose scale moves legitimately (e.g. with raw reward weights), the same loss with that scale taken out.
     """
 
     loss: Tensor
     metrics: dict[str, Tensor | float] = field(default_factory=dict)
+    monitor: Tensor | None = None
 
 
 class Objective(Protocol):
-    """A method's loss and sampling policy."""
+    """A method's loss and sampling policy.
+
+    An objective whose ``loss`` marks :func:`~flowsteer.interrupts.interruptible` regions sets the class
+    attribute ``interruptible = True``: a stop signal inside one abandons the step, and the Trainer rewinds the
+    RNG to the step's start (its regions must change nothing else).
+    """
 
     def loss(self, model: nn.Module, *, step: int, generator: torch.Generator) -> StepOutput:
         ...
@@ -119,8 +133,9 @@ class Trainer:
         self.last_eval: dict[str, Any] = {}
         self.last_eval_step = -1
         self.eval_history: list[dict[str, Any]] = []
-        self.skipped_steps = 0
         self._stop_signal = 0
+        self._stops = StopSignals()  # installed while fit runs
+        self._last_checkpoint_step = -1
         cls = torch.optim.AdamW if config.weight_decay > 0 else torch.optim.Adam
         kwargs = {"weight_decay": config.weight_decay} if config.weight_decay > 0 else {}
         params = [p for p in model.parameters() if p.requires_grad]
@@ -139,10 +154,14 @@ class Trainer:
         self.train_model = self.dist.wrap(model)
         if config.compile:
             self.train_model = torch.compile(self.train_model)
-        self._pending: list[tuple[int, Tensor]] = []  # (step, [loss, grad norm]) not yet read on the host
-        self._bad_in_row = 0
+        self.checks = StepChecks(config.max_bad_steps, scaled=self.scaler is not None)
         self._rng_ranks: list[Any] | None = None
         self.ranks_in_sync: bool | None = None
+
+    @property
+    def skipped_steps(self) -> int:
+        """Steps skipped for a non-finite loss or gradient so far."""
+        return self.checks.skipped
 
     # ----------------------------------------------------------------- state
 
@@ -159,8 +178,7 @@ class Trainer:
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "rng": rng_state(self.generator),
             "eval_history": list(self.eval_history),
-            "skipped_steps": self.skipped_steps,
-            "bad_in_row": self._bad_in_row,
+            **self.checks.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
         }
         if self.dist.enabled:
@@ -186,23 +204,15 @@ class Trainer:
                               f"{self.dist.world_size}; resume with the same number of processes")
         set_rng_state(self.generator, state["rng_ranks"][self.dist.rank] if self.dist.enabled else state["rng"])
         self.eval_history = list(state.get("eval_history", []))
-        self.skipped_steps = int(state.get("skipped_steps", 0))
-        self._bad_in_row = int(state.get("bad_in_row", 0))
+        self.checks.load_state_dict(state)
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         if "objective" in state and hasattr(self.objective, "load_state_dict"):
             self.objective.load_state_dict(state["objective"])
 
     def _follow_config_lr(self) -> None:
-        """After loading a checkpoint: the learning rate of this run's settings (a resume may change --lr or
-        --warmup-steps), not the checkpoint's.  The scheduler's step count is kept; unchanged settings give
-        the very floats the checkpoint held (``base_lr * warm-up factor``, as LambdaLR computes them)."""
-        k = self.scheduler.last_epoch
-        lrs = [self.config.lr * factor(k) for factor in self.scheduler.lr_lambdas]
-        self.scheduler.base_lrs = [self.config.lr] * len(lrs)
-        for group, lr in zip(self.optimizer.param_groups, lrs):
-            group["lr"], group["initial_lr"] = lr, self.config.lr
-        self.scheduler._last_lr = lrs  # what get_last_lr() reports until the next step
+        """After loading a checkpoint: this run's --lr (a resume may change it), not the checkpoint's."""
+        set_base_lr(self.optimizer, self.scheduler, self.config.lr)
 
     # ----------------------------------------------------------------- loop
 
@@ -223,9 +233,13 @@ class Trainer:
         assert self.evaluate_fn is not None
         was_training = self.model.training
         self.model.eval()
-        with torch.no_grad():
-            metrics = self.evaluate_fn(self)
-        self.model.train(was_training)
+        self._stops.armed = not self.dist.enabled  # a stop signal may cut an evaluation's sampling and rewards short
+        try:
+            with torch.no_grad():
+                metrics = self.evaluate_fn(self)
+        finally:
+            self._stops.armed = False
+            self.model.train(was_training)
         self.last_eval, self.last_eval_step = metrics, self.step
         self.eval_history = [h for h in self.eval_history if h["step"] != self.step] + [{"step": self.step, **metrics}]
         if self.log_fn is not None:
@@ -269,32 +283,14 @@ class Trainer:
         self.scheduler.step()
         if self.ema is not None:
             self.ema.update(self.model, self.step, ok)
-        self._pending.append((self.step, torch.stack([loss.detach(), grad_norm.detach().float()])))
+        monitor = (loss if out.monitor is None else out.monitor).detach().float()
+        # every rank must reach the same verdict on divergence: the monitor is averaged over ranks (on the device)
+        self.checks.add(self.step, loss, grad_norm, mean_across_ranks(monitor) if self.dist.enabled else monitor)
         return out, grad_norm, ok
 
     def _settle(self) -> None:
-        """Read the pending steps' flags on the host (one sync): log skipped steps, stop after too many in a row."""
-        if not self._pending:
-            return
-        values = torch.stack([v for _, v in self._pending]).cpu().tolist()
-        steps = [k for k, _ in self._pending]
-        self._pending = []
-        for step, (loss, norm) in zip(steps, values):
-            if math.isfinite(loss) and (math.isfinite(norm) or self.scaler is not None):
-                self._bad_in_row = 0
-                continue
-            reason = f"non-finite loss ({loss})" if not math.isfinite(loss) else f"non-finite gradient (norm {norm})"
-            self._bad_in_row += 1
-            self.skipped_steps += 1
-            if self.log_fn is not None:
-                self.log_fn({"step": step, "kind": "skip", "reason": reason, "in_a_row": self._bad_in_row})
-            if self.progress is not None:
-                self.progress.message(f"step {step}: skipped ({reason}); {self._bad_in_row} in a row")
-            if self._bad_in_row >= self.config.max_bad_steps:
-                raise TrainingStopped(
-                    f"stopped at step {step}: {self._bad_in_row} non-finite steps in a row ({reason}); the last "
-                    "checkpoint is kept - lower --lr, check the data or reward for extreme values, or raise "
-                    "--max-bad-steps")
+        """Read the pending steps' flags on the host (one sync); see :mod:`flowsteer.step_checks`."""
+        self.checks.settle(self.log_fn, self.progress)
 
     def _checkpoint(self) -> None:
         """Save through ``checkpoint_fn`` on rank 0, with every rank's RNG state; all ranks wait for it."""
@@ -303,18 +299,17 @@ class Trainer:
             self._rng_ranks = self.dist.gather_object(rng_state(self.generator))
         if self.checkpoint_fn is not None and self.dist.is_main:
             self.checkpoint_fn(self)
+        self._last_checkpoint_step = self.step
         self.dist.barrier()
-
-    def _on_signal(self, signum: int, _frame: Any) -> None:
-        self._stop_signal = signum
 
     def fit(self) -> TrainResult:
         """Train to ``config.steps``.
 
         A step whose loss or gradient is not finite is skipped (no update), counted in
         ``skipped_steps`` and logged (``kind = "skip"``); ``config.max_bad_steps`` of them in a row
-        raise :class:`TrainingStopped`, leaving the last checkpoint as it was.  SIGINT / SIGTERM
-        (in the main thread) finish the current step, save a checkpoint and raise :class:`Interrupted`.
+        raise :class:`TrainingStopped`, leaving the last checkpoint as it was (so do diverged steps: see the
+        module doc).  SIGINT / SIGTERM (in the main thread) save a checkpoint of the last completed step and
+        raise :class:`Interrupted`; a second one raises :class:`~flowsteer.interrupts.Abort` (see the module doc).
         """
         cfg = self.config
         self.model.train()
@@ -325,15 +320,19 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         read_every_step = self.device.type == "cpu"
         self._stop_signal = 0
-        handlers = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                handlers[sig] = signal.signal(sig, self._on_signal)
+        self._stops = StopSignals()
+        self._stops.install()
+        # ORW's rollouts and reward calls may be cut short: the step's RNG state is kept to rewind to
+        rewind = bool(getattr(self.objective, "interruptible", False)) and not self.dist.enabled
+        snapshot = None
         try:
-            if self.step == 0 and self.evaluate_fn is not None:
+            if self.evaluate_fn is not None and self._evaluation_due():  # step 0, or one a stop cut short
                 self.run_evaluation()
             while self.step < cfg.steps:
+                snapshot = rng_state(self.generator) if rewind else None
+                self._stops.armed = rewind
                 out, grad_norm, ok = self._step(params)
+                self._stops.armed, snapshot = False, None
                 for key, value in (("loss", out.loss), ("grad_norm", grad_norm), *out.metrics.items()):
                     v = value.detach().float() if isinstance(value, Tensor) else \
                         torch.full((), float(value), device=self.device)  # a fill kernel, no host-to-device copy
@@ -363,27 +362,39 @@ class Trainer:
                     self.run_evaluation()
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                     self._checkpoint()
-                if self._stop_signal:
-                    self._interrupt()
+                if self._stops.received:
+                    self._interrupt(self._stops.received)
             self._settle()
             if self.evaluate_fn is not None and self.last_eval_step != self.step:
                 self.run_evaluation()
             self._checkpoint()
             if self.dist.enabled:
                 self.ranks_in_sync = len(set(self.dist.gather_object(weights_digest(self.model)))) == 1
+        except StepInterrupted as stop:  # cut short inside a step (rewound to its start) or an evaluation
+            self._stops.armed = False
+            if snapshot is not None:
+                set_rng_state(self.generator, snapshot)
+            self._interrupt(stop.signum)
         finally:
-            for sig, handler in handlers.items():
-                signal.signal(sig, handler)
+            self._stops.uninstall()
             if self.progress is not None:
                 self.progress.close()
         return TrainResult(steps=self.step, final_loss=last_loss, seconds=time.perf_counter() - start,
                            skipped_steps=self.skipped_steps)
 
-    def _interrupt(self) -> None:
-        name = signal.Signals(self._stop_signal).name
+    def _evaluation_due(self) -> bool:
+        """At the start of ``fit``: step 0, or a resumed step whose evaluation a stop signal cut short."""
+        due = self.step == 0 or (self.eval_every and self.step % self.eval_every == 0 and self.step < self.config.steps)
+        return bool(due) and all(h.get("step") != self.step for h in self.eval_history)
+
+    def _interrupt(self, signum: int) -> None:
+        """Checkpoint the last completed step (unless that is done) and raise :class:`Interrupted`."""
+        self._stop_signal = signum
+        name = signal.Signals(signum).name
         saved = ""
         if self.checkpoint_fn is not None or self.dist.enabled:
-            self._checkpoint()
+            if self._last_checkpoint_step != self.step:
+                self._checkpoint()
             saved = f"; saved a checkpoint at step {self.step} - run the same command with --resume to continue"
         raise Interrupted(f"interrupted by {name} at step {self.step}{saved}", signum=self._stop_signal)
 

@@ -211,6 +211,28 @@ CASES = [
      "did not create"),
     ("export-into-run", "export --out inside a run folder", "export {ws}/run --out {ws}/corrupt/export", 2,
      "lies inside a pretrain run"),
+    # --- issue 14: untrusted rewards, align divergence
+    ("reward-none", "a reward that returns None",
+     "align --base {ws}/run --reward python:{ws}/rewards.py:returns_none --quiet --steps 3 --batch-size 16 "
+     "--out {ws}/new", 2, "returned None"),
+    ("reward-sys-exit", "a reward that calls sys.exit()",
+     "align --base {ws}/run --reward python:{ws}/rewards.py:exits --quiet --steps 3 --batch-size 16 --out {ws}/new", 2,
+     "called sys.exit(None)"),
+    ("reward-overflow", "a reward whose float64 values overflow float32",
+     "align --base {ws}/run --reward python:{ws}/rewards.py:overflows --quiet --steps 3 --batch-size 16 "
+     "--out {ws}/new", 2, "beyond float32's range"),
+    ("reward-meta", "a reward that returns a tensor on the meta device",
+     "align --base {ws}/run --reward python:{ws}/rewards.py:on_meta --quiet --steps 3 --batch-size 16 --out {ws}/new",
+     2, "meta device"),
+    ("reward-all-nan-skip", "a reward that is NaN for every sample, with --on-bad-reward skip",
+     "align --base {ws}/run --reward python:{ws}/rewards.py:all_nan --on-bad-reward skip --quiet --steps 3 "
+     "--batch-size 16 --out {ws}/new", 2, "returned NaN or inf for all"),
+    ("raw-weights-underflow", "--weights none with rewards so low that exp(tau*r) is 0 for every sample",
+     "align --base {ws}/run --reward python:{ws}/rewards.py:very_low --weights none --quiet --steps 3 --batch-size 16 "
+     "--out {ws}/new", 2, "underflowed to 0 for every sample"),
+    ("align-explodes", "an align run whose loss explodes (--lr 10)",
+     "align --base {ws}/run --reward target:1.5,0 --lr 10 --quiet --steps 200 --batch-size 64 --eval-every 0 "
+     "--eval-samples 32 --out {ws}/new", 3, "the loss diverged"),
 ]
 
 
@@ -220,7 +242,15 @@ def _write_reward_file(path: Path) -> None:
         "def raising(x):\n    return 1 / 0\n\n"
         "def short(x):\n    return x[:-1, 0]\n\n"
         "def nan(x):\n    r = x[:, 0].clone()\n    r[0] = float('nan')\n    return r\n\n"
-        "def slow(x):\n    time.sleep(3)\n    return x[:, 0]\n")
+        "def slow(x):\n    time.sleep(3)\n    return x[:, 0]\n"
+        # --- issue 14: untrusted rewards
+        "\n\nimport sys\nimport numpy as np\n\n"
+        "def returns_none(x):\n    return None\n\n"
+        "def exits(x):\n    sys.exit()\n\n"
+        "def overflows(x):\n    return np.full(x.shape[0], 1e300)\n\n"
+        "def on_meta(x):\n    return torch.empty(x.shape[0], device='meta')\n\n"
+        "def all_nan(x):\n    return torch.full((x.shape[0],), float('nan'))\n\n"
+        "def very_low(x):\n    return torch.full((x.shape[0],), -1000.0)\n")
 
 
 def _write_lora_files(ws: Path) -> None:

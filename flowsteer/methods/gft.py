@@ -66,14 +66,14 @@ class GFTObjective:
         s = self.path.sample(pairs.x0, pairs.x1, t, generator=generator)
         cond = self.condition(self.batch_size) if self.condition is not None else {}
         pred = model(s.t, s.x_t, **cond).float()  # the loss in float32 under autocast
-        loss = ((pred - s.target) ** 2).mean()
+        loss = fm = ((pred - s.target) ** 2).mean()
         if tau > 0:
             with torch.no_grad():
                 ref = self.pretrained(s.t, s.x_t, **cond).float()
             loss = loss + tau * ((pred - ref) ** 2).mean()
             if self.divide:
                 loss = loss / (1 + tau)
-        return StepOutput(loss=loss, metrics={"tau": tau})
+        return StepOutput(loss=loss, metrics={"tau": tau}, monitor=fm.detach())  # divergence: the CFM term, free of tau
 
 
 def _target_samples(config: AdaptConfig, base: Run, batch_size: int) -> tuple[Tensor, Tensor]:

@@ -41,10 +41,11 @@ from ..couplings import build_coupling
 from ..distributed import mean_across_ranks
 from ..errors import ConfigError
 from ..evaluators import AlignEvaluator, SampleMetrics
+from ..interrupts import interruptible
 from ..paths import TimeSampler, build_path
 from ..plots import save_training_curves
 from ..rewards import RewardError, build_reward, score
-from ..rewards.protocol import reward_name
+from ..rewards.protocol import finite_rewards, reward_name
 from ..runs import METRICS_FILE, REWARD_CURVE_PLOT, Run
 from ..solvers import integrate
 from ..training import StepOutput, Trainer
@@ -56,12 +57,14 @@ __all__ = ["AlignConfig", "RewardWeightedObjective", "align", "orw_loss", "rewar
 
 
 def reward_weights(r: Tensor, *, tau: float, normalize: str = "mean", standardize: bool = False,
-                   valid: Tensor | None = None) -> Tensor:
+                   valid: Tensor | None = None, source: str = "") -> Tensor:
     """Weights ``w_i`` of a batch of rewards ``r`` (``[B]``).
 
     ``normalize="mean"``: ``w = B' softmax(tau r)`` over the ``B'`` valid samples
     (= exp(tau r) / mean exp(tau r)); ``"none"``: ``w = exp(tau r)``.  Invalid
-    samples (``valid == False``) get weight 0.  Never returns NaN.
+    samples (``valid == False``) get weight 0.  Never returns NaN.  Raw weights that overflow, or that
+    underflow to 0 for every sample (the step would learn nothing), raise RewardError (``source``, e.g.
+    "reward 'X' at step 7", starts the message).
     """
     if valid is None:
         valid = torch.isfinite(r)
@@ -76,11 +79,16 @@ def reward_weights(r: Tensor, *, tau: float, normalize: str = "mean", standardiz
         w = torch.softmax(logw, dim=0) * valid.sum()
     else:
         w = torch.where(valid, torch.exp(logw), torch.zeros_like(logw))
-        if not torch.isfinite(w).all():
-            raise RewardError(
-                f"raw weights exp(tau*r) overflowed (max tau*r = {logw[valid].max().item():.1f}); "
-                "use --weights mean or a smaller --tau"
-            )
+        # one host read for both checks (the step has just read its rewards' validity anyway)
+        overflow, underflow = torch.stack([~torch.isfinite(w).all(), valid.any() & (w.amax() == 0)]).tolist()
+        if overflow or underflow:
+            top = torch.where(valid, logw, torch.full_like(logw, -math.inf)).max().item()
+            if overflow:
+                raise RewardError(f"{source}raw weights exp(tau*r) overflowed (max tau*r = {top:.1f}); use --weights "
+                                  "mean or a smaller --tau")
+            raise RewardError(f"{source}raw weights exp(tau*r) underflowed to 0 for every sample (max tau*r = "
+                              f"{top:.1f}), so the step would learn nothing from the reward; use --weights mean, a "
+                              "smaller --tau, or shift the reward up")
     return w
 
 
@@ -111,7 +119,12 @@ class RewardWeightedObjective:
 
     The W2-budget dual variable ``alpha`` and the running W2 term are device tensors, updated without a host
     synchronisation; they are read on the host only for checkpoints and the final figures.
+
+    Rollouts and reward calls are interruptible regions (:mod:`flowsteer.interrupts`): they change nothing
+    but the RNG, which the Trainer rewinds when a stop signal cuts a step short.
     """
+
+    interruptible = True
 
     def __init__(self, *, reference: nn.Module, reward: Any, config: AlignConfig, decode, shape: tuple[int, ...],
                  sigma: float, num_classes: int = 0, generator: torch.Generator, condition=None,
@@ -148,23 +161,16 @@ class RewardWeightedObjective:
     def _rollout(self, model: nn.Module, n: int, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
         cond = self._labels(n, generator)
         x0 = torch.randn((n, *self.shape), generator=generator, device=self.device)
-        res = integrate(model, x0, solver=self.cfg.rollout_solver, steps=self.cfg.rollout_steps, sigma=self.sigma,
-                        cond=cond, generator=generator)
+        with interruptible():  # inside the policy's swap of weights (see flowsteer.interrupts)
+            res = integrate(model, x0, solver=self.cfg.rollout_solver, steps=self.cfg.rollout_steps, sigma=self.sigma,
+                            cond=cond, generator=generator)
         return res.x.clone(), cond
 
     def _score(self, x1: Tensor, cond: dict[str, Tensor], step: int) -> tuple[Tensor, Tensor]:
-        """Rewards ``[B]`` and a validity mask; stops (or skips) on non-finite rewards."""
+        """Rewards ``[B]`` and a validity mask; stops (or skips) on non-finite rewards (:func:`finite_rewards`)."""
         r = score(self.reward, self.decode(x1), cond, timeout=self.cfg.reward_timeout, step=step)
-        valid = torch.isfinite(r)
-        n_bad = int((~valid).sum())
-        if n_bad:
-            name = reward_name(self.reward)
-            if self.cfg.on_bad_reward == "stop" or n_bad == r.numel():
-                raise RewardError(
-                    f"reward {name!r} returned NaN or inf for {n_bad} of {r.numel()} samples at step {step}; "
-                    "fix the reward, or pass --on-bad-reward skip to drop such samples"
-                )
-            self.bad_total += n_bad
+        valid, n_bad = finite_rewards(self.reward, r, x1, step=step, skip=self.cfg.on_bad_reward == "skip")
+        self.bad_total += n_bad
         return r, valid
 
     def _offline_set(self, generator: torch.Generator) -> dict[str, Tensor]:
@@ -200,7 +206,7 @@ class RewardWeightedObjective:
         r, valid = self._score(x1, cond, step)
         return x1, cond, r, valid
 
-    def weights(self, r: Tensor, valid: Tensor) -> Tensor:
+    def weights(self, r: Tensor, valid: Tensor, step: int | None = None) -> Tensor:
         cfg = self.cfg
         if cfg.method == "raft":
             k = max(1, int(round(cfg.raft_fraction * int(valid.sum()))))
@@ -208,7 +214,9 @@ class RewardWeightedObjective:
             keep = torch.zeros_like(r, dtype=torch.bool)
             keep[torch.topk(masked, k).indices] = True
             return keep.float() * (r.numel() / k)
-        return reward_weights(r, tau=cfg.tau, normalize=cfg.weights, standardize=cfg.standardize_reward, valid=valid)
+        at = f" at step {step}" if step is not None else ""
+        return reward_weights(r, tau=cfg.tau, normalize=cfg.weights, standardize=cfg.standardize_reward, valid=valid,
+                              source=f"reward {reward_name(self.reward)!r}{at}: ")
 
     # -- loss -----------------------------------------------------------------
 
@@ -219,7 +227,7 @@ class RewardWeightedObjective:
         re-indexed with its ``index1`` so that ``w[i]`` belongs to ``s.x1[i]``.
         """
         x1, cond, r, valid = self.next_batch(model, step, generator)
-        w = self.weights(r, valid)
+        w = self.weights(r, valid, step)
         x0 = torch.randn(x1.shape, generator=generator, device=x1.device)
         pairs = self.coupling(x0, x1, generator=generator)
         if not self.cfg.misaligned_weights:
@@ -250,7 +258,10 @@ class RewardWeightedObjective:
         }
         if self.cfg.on_bad_reward == "skip":
             metrics["bad_rewards"] = float((~valid).sum())
-        return StepOutput(loss=loss, metrics=metrics)
+        # the divergence check watches the weighted CFM term, free of the weights' scale (raw ones move it)
+        a = alpha_used if isinstance(alpha_used, float) else alpha_used.to(loss.dtype)
+        monitor = (loss.detach() - a * w2_term.detach()) / w.mean()
+        return StepOutput(loss=loss, metrics=metrics, monitor=monitor)
 
     # -- state for resume -------------------------------------------------------
 

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ..data import parse_classes
 from .classifier import digit_labels, digit_probabilities
-from .protocol import RewardError, reward_name, score
+from .protocol import RewardError, guarded, one_line, reward_name, score
 
 EVEN_DIGITS = (0, 2, 4, 6, 8)
 
@@ -109,21 +109,25 @@ def _load_python(spec: str) -> UserReward:
     if not sep or not where or not func:
         raise RewardError(f"cannot read reward {spec!r}; write python:MODULE:FUNCTION or python:FILE.py:FUNCTION")
     try:
-        if where.endswith(".py"):
-            path = Path(where).expanduser()
-            if not path.is_file():
-                raise RewardError(f"reward file {where!r} does not exist; check the path in {spec!r}")
-            mod_name = f"flowsteer_user_reward_{abs(hash(str(path.resolve())))}"
-            loader_spec = importlib.util.spec_from_file_location(mod_name, path)
-            module = importlib.util.module_from_spec(loader_spec)  # type: ignore[arg-type]
-            sys.modules[mod_name] = module
-            loader_spec.loader.exec_module(module)  # type: ignore[union-attr]
-        else:
-            module = importlib.import_module(where)
+        with guarded():  # the module's own code is the user's too: its prints go to stderr
+            if where.endswith(".py"):
+                path = Path(where).expanduser()
+                if not path.is_file():
+                    raise RewardError(f"reward file {where!r} does not exist; check the path in {spec!r}")
+                mod_name = f"flowsteer_user_reward_{abs(hash(str(path.resolve())))}"
+                loader_spec = importlib.util.spec_from_file_location(mod_name, path)
+                module = importlib.util.module_from_spec(loader_spec)  # type: ignore[arg-type]
+                sys.modules[mod_name] = module
+                loader_spec.loader.exec_module(module)  # type: ignore[union-attr]
+            else:
+                module = importlib.import_module(where)
     except RewardError:
         raise
+    except SystemExit as exc:
+        raise RewardError(f"importing {where!r} for reward {spec!r} called sys.exit({exc.code!r}); keep the module's "
+                          "top level free of exits (put the script part under if __name__ == '__main__':)") from None
     except Exception as exc:
-        raise RewardError(f"cannot import {where!r} for reward {spec!r}: {type(exc).__name__}: {exc}") from None
+        raise RewardError(f"cannot import {where!r} for reward {spec!r}: {type(exc).__name__}: {one_line(exc)}") from None
     fn = getattr(module, func, None)
     if fn is None or not callable(fn):
         raise RewardError(f"{where!r} has no function {func!r}; check the name in {spec!r}")
