@@ -155,7 +155,7 @@ def test_a_cached_classifier_is_loaded_without_training_and_scores_even_classes(
     for kind in ("reward", "judge"):
         torch.manual_seed(5)
         nets[kind] = mc.build_classifier(kind)
-        stem = tmp_path / f"mnist_{kind}_classifier_v{mc.RECIPE_VERSION}_{mc.data_hash(arrays)[:16]}"
+        stem = tmp_path / f"mnist_{kind}_classifier_v{mc.RECIPE_VERSION[kind]}_{mc.data_hash(arrays)[:16]}"
         save_file(nets[kind].state_dict(), str(stem) + ".safetensors")
 
     def no_training(*_, **__):

@@ -2,8 +2,7 @@
 
 * ``reward``: a small CNN (two 3x3 conv layers, 32 and 64 channels, max-pooling, a 128-unit layer), seed 0.
   It scores ``even-mnist``: ``r(x) = sum_{c even} p(c | x)``.
-* ``judge``: another architecture and seed (5x5 convolutions, 16 and 32 channels, average pooling, LeNet
-  style), seed 1.  Class histograms and class entropy of MNIST rewards are measured with it, so that a
+* ``judge``: another architecture and seed (5x5 convolutions, 32 and 64 channels, a 256-unit layer), seed 1.  Class histograms and class entropy of MNIST rewards are measured with it, so that a
   model that fools the reward's network (reward hacking) does not pass as success.
 
 Training is deterministic for a given machine (fixed seeds, a seeded shuffle, Adam at 1e-3, batch 128, 3
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-RECIPE_VERSION = 1
+RECIPE_VERSION = {"reward": 1, "judge": 2}  # judge v1 (a tanh LeNet) reached 98.33 %: below the bar
 MIN_TEST_ACCURACY = 0.985
 SEEDS = {"reward": 0, "judge": 1}
 
@@ -35,9 +34,9 @@ def build_classifier(kind: str) -> nn.Module:
                              nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
                              nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, 10))
     if kind == "judge":
-        return nn.Sequential(nn.Conv2d(1, 16, 5, padding=2), nn.Tanh(), nn.AvgPool2d(2),
-                             nn.Conv2d(16, 32, 5), nn.Tanh(), nn.AvgPool2d(2),
-                             nn.Flatten(), nn.Linear(32 * 5 * 5, 120), nn.Tanh(), nn.Linear(120, 10))
+        return nn.Sequential(nn.Conv2d(1, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+                             nn.Conv2d(32, 64, 5), nn.ReLU(), nn.MaxPool2d(2),
+                             nn.Flatten(), nn.Linear(64 * 5 * 5, 256), nn.ReLU(), nn.Linear(256, 10))
     raise ValueError(f"unknown classifier {kind!r}; use reward or judge")
 
 
@@ -89,7 +88,7 @@ def load_classifier(kind: str) -> nn.Module:
     from .protocol import RewardError
 
     arrays = load_mnist_arrays()
-    stem = cache_dir() / f"mnist_{kind}_classifier_v{RECIPE_VERSION}_{data_hash(arrays)[:16]}"
+    stem = cache_dir() / f"mnist_{kind}_classifier_v{RECIPE_VERSION[kind]}_{data_hash(arrays)[:16]}"
     net = build_classifier(kind)
     weights = stem.with_suffix(".safetensors")
     if weights.is_file():
@@ -104,7 +103,7 @@ def load_classifier(kind: str) -> nn.Module:
                           "it is not used (check the data with flowsteer data mnist)")
     with atomic_path(weights) as tmp:
         save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp))
-    atomic_write_json(stem.with_suffix(".json"), {"kind": kind, "test_accuracy": acc, "recipe": RECIPE_VERSION})
+    atomic_write_json(stem.with_suffix(".json"), {"kind": kind, "test_accuracy": acc, "recipe": RECIPE_VERSION[kind]})
     return net
 
 
