@@ -35,7 +35,7 @@ def interrupt_at(monkeypatch, step: int) -> None:
 
     def stepping(self, params):
         if self.step == step - 1:
-            self._stop_signal = 2  # SIGINT
+            self._stops.received = 2  # SIGINT, as the handler records it (flowsteer.interrupts.StopSignals)
         return original(self, params)
     monkeypatch.setattr(Trainer, "_step", stepping)
 
