@@ -117,6 +117,7 @@ SLOW_FILES_FIRST = (
     "tests/test_demo_report.py",  # 73 s (the `demo --fast` fixture)
     "tests/test_reliability.py",  # 58 s (SIGKILL + resume, 3 kinds)
     "tests/test_orw.py",  # 26 s
+    "tests/test_signals.py",  # 24 s (subprocesses stopped by signals)
     "tests/test_gft.py",  # 21 s
     "tests/test_readme.py",  # 11 s
     "tests/test_bad_inputs.py",  # 10 s
