@@ -19,6 +19,7 @@ CPU.
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -113,7 +114,19 @@ def setup() -> Distributed:
                               kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=timeout))])
     _CURRENT = Distributed(rank=accelerator.process_index, world_size=accelerator.num_processes, accelerator=accelerator,
                            device=accelerator.device)
+    atexit.register(_destroy_process_group)
     return _CURRENT
+
+
+def _destroy_process_group() -> None:
+    """At exit, while the interpreter is whole: without it, gloo's worker threads may still hold finished work
+    (tensors with Python references) when the interpreter tears down, and the process dies with SIGABRT
+    ("terminate called without an active exception"; seen here once the step gained an all-reduce)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        try:
+            torch.distributed.destroy_process_group()
+        except Exception:  # a peer already gone: nothing left to tidy
+            pass
 
 
 def unwrap(model: nn.Module) -> nn.Module:
