@@ -130,7 +130,10 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
     lines = [f"evaluated {result.get('run')}: {result.get('n')} samples, {result.get('solver')} at {max(nfes)} NFE "
              f"(seed {result.get('seed')})"]
     if (reward := num("reward_mean")) is not None:
-        name = "P(even)" if result.get("reward_spec") == "even-digits" else f"mean reward ({result.get('reward_spec')})"
+        from .report.summary import reward_name
+
+        spec = result.get("reward_spec")
+        name = reward_name(spec) if reward_name(spec) != "mean reward" else f"mean reward ({spec})"
         line = f"  {name} {reward:.3f}"
         if (entropy := num("class_entropy")) is not None:
             line += f", class entropy {entropy:.3f} nats, top class {m.get('top_class')} " \

@@ -27,7 +27,7 @@ KEPT_SHARE = 0.01
 SAME_WITHIN = 0.10
 
 # Reward specs whose mean reward has a plain name (the probability the classifier gives the wanted classes).
-REWARD_NAMES = {"even-digits": "P(even)"}
+REWARD_NAMES = {"even-digits": "P(even)", "even-mnist": "P(even)", "even-mnist-judge": "P(even)"}
 
 
 def reward_name(spec: str | None) -> str:
