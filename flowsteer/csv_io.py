@@ -1,7 +1,7 @@
 """Numeric CSV files: data for ``--data`` / ``--target``, and samples from ``sample --out x.csv``.
 
 Reading (:func:`read_csv`): comma-separated numbers, one sample per row, with or without a header row.
-The first row is a header when any of its fields is not a number.  A header column named ``y`` or
+The first row is a header when any of its fields is a word (not a number, not blank).  A header column named ``y`` or
 ``label`` (any case) holds integer class labels; every other column is a feature.  Blank lines are
 skipped; a missing or non-numeric value elsewhere is an error naming its row and column.
 
@@ -41,7 +41,7 @@ def read_csv(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     if not rows:
         raise DataError(f"{path}: the CSV file is empty; give one sample per row")
     header = None
-    if any(_number(field) is None for field in rows[0]):
+    if any(field.strip() and _number(field.strip()) is None for field in rows[0]):  # words, not blanks
         header, rows = [field.strip() for field in rows[0]], rows[1:]
     width = len(header) if header else len(rows[0]) if rows else 0
     label_col = next((i for i, name in enumerate(header or []) if name.lower() in LABEL_COLUMNS), None)

@@ -202,10 +202,10 @@ def parse_classes(text: str) -> tuple[int, ...]:
             else:
                 out.append(int(part))
         except ValueError:
-            raise DataError(f"cannot read class list {text!r}; write it like digits:0,2,4 or digits:5-9") from None
+            raise DataError(f"cannot read class list {text!r}; write it like digits:0,2,4 or mnist:5-9") from None
     bad = [c for c in out if not 0 <= c <= 9]
     if bad or not out:
-        raise DataError(f"digit classes must be in 0..9, got {text!r}; write it like digits:0,2,4")
+        raise DataError(f"digit classes must be in 0..9, got {text!r}; write it like digits:0,2,4 or mnist:5-9")
     return tuple(sorted(set(out)))
 
 

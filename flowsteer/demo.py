@@ -39,7 +39,8 @@ from .methods.gft import adapt
 from .methods.orw import align
 from .methods.pretrain import pretrain
 from .methods.sweep import sweep_run_dir, write_sweep_summary
-from .ownership import REPORT, claim_folder
+from .errors import ConfigError
+from .ownership import REPORT, RUN_KINDS, claim_folder, folder_kind
 from .report import write_report
 from .runs import CONFIG_FILE, EVALUATION_FILE, SUMMARY_FILE, WEIGHTS_FILE
 
@@ -94,9 +95,9 @@ class _Clock:
         left = self._left()
         return "" if left is None or fast else f"; about {_minutes(left)} left in all"
 
-    def left_text(self, stage: int, k: int, n: int) -> str:
+    def left_text(self, fast: bool) -> str:
         left = self._left()
-        return "" if left is None else f"; about {_minutes(left)} left in all"
+        return "" if left is None or fast else f"; about {_minutes(left)} left in all"
 
 
 def _minutes(seconds: float) -> str:
@@ -163,7 +164,10 @@ def run_demo(out: Path, *, fast: bool = False, progress: str = "auto", say: Call
                 say(f"  reusing {run_dir} (finished)")
                 continue
             if steps is not None and run_dir.exists():
-                shutil.rmtree(run_dir)  # an unfinished or differently sized run: start it again
+                if folder_kind(run_dir) not in RUN_KINDS:
+                    raise ConfigError(f"{str(run_dir)!r} is not a flowsteer run, so the demo will not replace it; "
+                                      "choose a new or empty folder for --out")
+                shutil.rmtree(run_dir)  # an unfinished or differently sized run of the demo: start it again
             todo.append((str(run_dir), config))
         if not todo:
             clock.done(index)
@@ -178,7 +182,7 @@ def run_demo(out: Path, *, fast: bool = False, progress: str = "auto", say: Call
         try:
             for k, (run_dir, seconds) in enumerate(finished, 1):
                 clock.done(index, k / len(todo))
-                say(f"  {run_dir}: {seconds:.0f} s ({k} of {len(todo)} in this stage{clock.left_text(index, k, len(todo))})")
+                say(f"  {run_dir}: {seconds:.0f} s ({k} of {len(todo)} in this stage{clock.left_text(fast)})")
         finally:
             if workers != 1 and len(todo) != 1:
                 pool.shutdown()

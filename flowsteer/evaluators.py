@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .errors import FlowsteerError
+from .errors import TrainingStopped
 from .interrupts import interruptible
 from .metrics import class_histogram, entropy, frechet_distance, mean_pairwise_distance, path_metrics, wasserstein2
 from .models.weights import swapped_weights
@@ -87,8 +87,8 @@ class SampleMetrics:
             stats = reward_statistics(self.rewards(x, cond) if rewards is None else rewards)
             if stats["reward_nonfinite"] == x.shape[0]:  # no figure to report: the reward (or the model) is broken
                 if not bool(torch.isfinite(x).all()):
-                    raise FlowsteerError("the model's samples are NaN or inf, so the reward cannot score them: the "
-                                         "model diverged - use an earlier checkpoint, or train again with a lower --lr")
+                    raise TrainingStopped("the model's samples are NaN or inf, so the reward cannot score them: the "
+                                          "model diverged - use an earlier checkpoint, or train again with a lower --lr")
                 raise nonfinite_error(self.reward, x.shape[0], x.shape[0], skip_option=False)
             out.update(stats)
             labels = classify(self.reward, x, timeout=self.reward_timeout)

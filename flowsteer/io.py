@@ -24,11 +24,12 @@ from .errors import FlowsteerError, WriteError
 # what a full disk or an unwritable target raises; anything else is a bug and keeps its traceback
 DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 # ... and what names a path that cannot be written to (a folder, a file where a folder should be)
-PATH_ERRNOS = {errno.EISDIR, errno.ENOTDIR, errno.ENAMETOOLONG}
+PATH_ERRNOS = {errno.EISDIR, errno.ENOTDIR, errno.ENAMETOOLONG, errno.EEXIST}
 _WHY = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is used up",
         errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
         errno.EPERM: "permission denied", errno.EISDIR: "it is a folder",
-        errno.ENOTDIR: "a part of the path is a file, not a folder", errno.ENAMETOOLONG: "the name is too long"}
+        errno.ENOTDIR: "a part of the path is a file, not a folder", errno.ENAMETOOLONG: "the name is too long",
+        errno.EEXIST: "a part of the path is a file, not a folder"}
 
 
 def umask() -> int:

@@ -108,13 +108,16 @@ def arrays_from_pickle(raw_gz: bytes) -> dict[str, np.ndarray]:
 
 def read_idx(path: Path) -> np.ndarray:
     """One IDX file (``.gz`` or raw) as a numpy array: uint8 images ``[N, 28, 28]`` or labels ``[N]``."""
-    raw = path.read_bytes()
-    if path.suffix == ".gz":
-        raw = gzip.decompress(raw)
-    if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] != 0x08:
+    try:
+        raw = path.read_bytes()
+        if path.suffix == ".gz":
+            raw = gzip.decompress(raw)
+        ndim = raw[3] if len(raw) >= 4 and raw[:2] == b"\0\0" and raw[2] == 0x08 else 0
+        dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim]) if ndim else ()
+    except (OSError, EOFError, struct.error, gzip.BadGzipFile) as exc:
+        raise DataError(f"{path}: not a readable IDX file ({type(exc).__name__}); use the standard MNIST files") from None
+    if not ndim:
         raise DataError(f"{path}: not an unsigned-byte IDX file (bad magic number); use the standard MNIST files")
-    ndim = raw[3]
-    dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(dims)):
         raise DataError(f"{path}: holds {data.size} bytes of data for shape {dims}; the file is truncated")

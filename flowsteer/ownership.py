@@ -123,8 +123,8 @@ def _base_folder(base: str | None) -> Path | None:
     return Path(os.path.abspath(base.removeprefix("diffusers:"))).resolve()
 
 
-def check_folder(out: Path, kind: str, *, resume: str | bool | None = None, base: str | None = None,
-                 legacy: Collection[str] = ()) -> None:
+def _check_folder(out: Path, kind: str, *, resume: str | bool | None = None, base: str | None = None,
+                  legacy: Collection[str] = (), locked: bool = False) -> None:
     """Raise a one-line :class:`ConfigError` unless a ``kind`` command may write the folder ``out``.
 
     ``base``: the command's ``--base`` (never written); ``legacy``: names whose presence alone marks a
@@ -145,6 +145,8 @@ def check_folder(out: Path, kind: str, *, resume: str | bool | None = None, base
     if owner is not None and kind not in CONTAINS.get(owner[1], ()):
         raise ConfigError(f"--out {where} lies inside {describe(owner[1])} of flowsteer ({str(owner[0])!r}), whose "
                           "files only its own command writes; choose a folder outside it")
+    if not locked:  # a live writer first: its folder may look half-made to the checks below
+        _refuse_if_being_written(out)
     entries = _entries(out)
     if not entries:
         if resume:
@@ -152,8 +154,9 @@ def check_folder(out: Path, kind: str, *, resume: str | bool | None = None, base
                               "again (pass --checkpoint-every N to checkpoint during training)")
         return
     found = folder_kind(out)
-    if found is None and legacy and {p.name for p in entries} <= set(legacy):
-        found = kind
+    if found is None and legacy and {p.name for p in entries} <= set(legacy) and \
+            all(folder_kind(p) is not None for p in entries if p.is_dir()):
+        found = kind  # an older folder of this command: every sub-folder in it is flowsteer's too
     if found == kind and kind in REWRITTEN:
         return
     if found == kind and kind in RUN_KINDS:
@@ -180,7 +183,22 @@ def check_folder(out: Path, kind: str, *, resume: str | bool | None = None, base
                       "empty folder for --out - nothing was written")
 
 
+def check_folder(out: Path, kind: str, *, resume: str | bool | None = None, base: str | None = None,
+                 legacy: Collection[str] = (), locked: bool = False) -> None:
+    """Raise a one-line error unless a ``kind`` command may write the folder ``out`` (:func:`_check_folder`);
+    a path the system cannot even look at (a name too long, a file where a folder should be) is one line too.
+    ``locked``: this process holds the folder's lock (so it does not probe it)."""
+    with disk_errors(out):
+        _check_folder(out, kind, resume=resume, base=base, legacy=legacy, locked=locked)
+
+
 def check_output_file(path: Path, flag: str, *, model: str | None = None) -> None:
+    """One line unless ``path`` may be written (:func:`_check_output_file`)."""
+    with disk_errors(path):
+        _check_output_file(path, flag, model=model)
+
+
+def _check_output_file(path: Path, flag: str, *, model: str | None = None) -> None:
     """Raise a one-line :class:`ConfigError` if writing the file ``path`` would replace a folder or land inside
     a folder flowsteer made; ``model``: evaluate's ``--model``, whose ``RUN/evaluation.json`` may be written."""
     where = repr(str(path))
@@ -254,6 +272,25 @@ def _holder(fd: int) -> str:
     return "unknown"
 
 
+def _refuse_if_being_written(folder: Path) -> None:
+    """One line naming the pid when another process holds ``folder``'s lock (probed, not taken)."""
+    path = folder / LOCK_FILE
+    if fcntl is None or not path.is_file():
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    except BlockingIOError:
+        raise RunFolderError(f"--out {str(folder)!r} is being written by another flowsteer process (pid "
+                             f"{_holder(fd)}); wait for it to finish or stop it, or choose another --out") from None
+    finally:
+        os.close(fd)
+
+
 def _lock(folder: Path) -> int:
     """An fd of ``folder/LOCK_FILE`` holding an exclusive flock, or a one-line error naming the holder's pid."""
     path = folder / LOCK_FILE
@@ -284,7 +321,7 @@ def _take(out: Path, kind: str, *, resume: str | bool | None, base: str | None, 
         fd = _lock(out)
     claim = Claim(out, fd, fresh=False, created=created)
     try:
-        check_folder(out, kind, resume=resume, base=base, legacy=legacy)  # again, now that no one else writes it
+        check_folder(out, kind, resume=resume, base=base, legacy=legacy, locked=True)  # again, now it is ours
         claim.fresh = not _entries(out)
         with disk_errors(out):
             os.ftruncate(fd, 0)

@@ -73,3 +73,9 @@ def test_bad_csv_files_get_one_line_naming_the_row(tmp_path, text, message):
 def test_csv_samples_of_images_are_refused_before_sampling(tmp_path):
     with pytest.raises(Exception, match="holds vectors"):
         write_csv(np.zeros((2, 1, 8, 8)), tmp_path / "x.csv")
+
+
+def test_a_blank_field_in_a_headerless_first_row_is_named_not_taken_for_a_header(tmp_path):
+    (tmp_path / "gap.csv").write_text("1.5,\n2,3\n4,5\n6,7\n")
+    with pytest.raises(DataError, match=r"row 1, column 2 is '', not a number"):
+        read_csv(tmp_path / "gap.csv")

@@ -171,3 +171,11 @@ def test_a_cached_classifier_is_loaded_without_training_and_scores_even_classes(
     torch.testing.assert_close(reward(x), p[:, [0, 2, 4, 6, 8]].sum(1))
     assert torch.equal(reward.classify(x), judged)  # class histograms come from the independent judge
     mc.load_classifier.cache_clear(), mc._on.cache_clear()
+
+
+@pytest.mark.parametrize("content", [b"not gzip at all", gzip.compress(b"\0\0\x08\x03\0\0")],
+                         ids=["bad-gzip", "short-header"])
+def test_an_unreadable_idx_file_is_one_line(tmp_path, content):
+    (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(content)
+    with pytest.raises(DataError, match="not a readable IDX file|bad magic number"):
+        read_idx(tmp_path / "t10k-images-idx3-ubyte.gz")

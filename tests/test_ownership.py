@@ -311,3 +311,51 @@ def test_files_and_folders_follow_the_umask(mask, tmp_path):
     want = {str(p.relative_to(tmp_path)): oct((0o777 if p.is_dir() else 0o666) & ~mask) for p in paths}
     assert modes == want
     assert any(p.is_dir() for p in run.glob("checkpoint-*")) and (run / OWNER_FILE).is_file()
+
+
+HOLD_WRITING = """import sys
+from pathlib import Path
+from flowsteer.ownership import claim_folder
+with claim_folder(sys.argv[1], "pretrain"):
+    (Path(sys.argv[1]) / "metrics.jsonl").write_text('{"step": 50, "kind": "train", "loss": 1.0}\\n')
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_a_live_run_with_no_checkpoint_yet_is_named_by_pid_not_called_dead(tmp_path):
+    """A running pretrain (no checkpoint until it ends, but metrics already logged) must not be described as a run
+    that stopped before its first checkpoint - that message says to delete the folder."""
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_WRITING, str(out)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=cli_env())
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = _digest(tmp_path)
+        for extra in ([], ["--resume"]):
+            proc = cli(*FAST_PRETRAIN, *extra, "--out", str(out))
+            assert_user_error(proc, f"pid {holder.pid}", "another flowsteer process")
+            assert "delete" not in proc.stderr
+        assert _digest(tmp_path) == before
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+
+
+def test_the_demo_never_replaces_a_users_folder_named_like_one_of_its_runs(tmp_path):
+    out = tmp_path / "mine"
+    (out / "pretrain-digits").mkdir(parents=True)
+    (out / "pretrain-digits" / "notes.txt").write_text("precious\n")
+    before = _digest(tmp_path)
+    proc = cli("demo", "--fast", "--out", str(out))
+    assert_user_error(proc, "did not create")
+    assert _digest(tmp_path) == before
+
+
+def test_paths_the_system_cannot_use_are_one_line(tmp_path, moons_run):
+    (tmp_path / "file").write_text("x")
+    assert_user_error(cli("sample", "--model", str(moons_run), "--n", "5", "--out", str(tmp_path / "file" / "x.npy")),
+                      "a part of the path is a file")
+    assert_user_error(cli("sample", "--model", str(moons_run), "--n", "5", "--out", str(tmp_path / ("n" * 300 + ".npy"))),
+                      "the name is too long")
+    assert_user_error(cli(*FAST_PRETRAIN, "--out", str(tmp_path / ("r" * 300))), "the name is too long")
