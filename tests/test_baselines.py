@@ -252,3 +252,26 @@ def test_resume_of_the_new_methods_is_bitwise_exact(method, options, moons_run, 
     # the run moved: a resume that restarted from the base would not match
     base = load_file(str(moons_run / "model.safetensors"))
     assert any(not torch.equal(a[k], base[k]) for k in a if k in base)
+
+
+def test_through_the_cli_with_lora_the_reference_is_the_base_and_each_round_starts_on_policy(moons_run, tmp_path):
+    """LoRA adapters start at zero: the KL to the adapter-disabled reference is exactly 0 at the first step, and
+    the ratio is exactly 1 at the first step of every round (steps 1 and 3 with --rollout-updates 2), through
+    the Trainer; NFT's lagged policy equals the network right after each refresh."""
+    import json
+
+    common = ["--steps", "4", "--batch-size", "32", "--lora-rank", "2", "--eval-every", "0", "--eval-samples", "16",
+              "--log-every", "1", "--quiet"]
+    out = tmp_path / "grpo"
+    proc = cli("align", "--base", str(moons_run), "--reward", "target:1.5,0.0", "--method", "flow-grpo", "--kl-beta",
+               "0.1", "--sde-window", "2", *common, "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    train = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "train"]
+    assert train[0]["kl"] == 0.0 and train[1]["kl"] > 0
+    assert [r["ratio_max_deviation"] == 0.0 for r in train] == [True, False, True, False]
+    out = tmp_path / "nft"
+    proc = cli("align", "--base", str(moons_run), "--reward", "target:1.5,0.0", "--method", "nft", "--refresh-every", "3",
+               *common, "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    train = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "train"]
+    assert [r["old_deviation"] == 0.0 for r in train] == [True, False, False, True]
