@@ -30,6 +30,8 @@ METHODS = {  # name -> AlignConfig fields (besides base, reward and steps)
     "raft": {"method": "raft"},
     "flow-grpo": {"method": "flow-grpo"},
     "flow-grpo-fast (W=2)": {"method": "flow-grpo", "sde_window": 2},
+    # Flow-GRPO's GenEval KL weight 0.04 divides by g^2, ours by g^2 h (h = 1/10): the same pull is 0.004 here
+    "flow-grpo-fast (W=2, kl 0.004)": {"method": "flow-grpo", "sde_window": 2, "kl_beta": 0.004},
     "nft": {"method": "nft", "refresh_every": 10},
 }
 
