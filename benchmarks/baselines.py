@@ -23,16 +23,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-METHODS = {  # name -> AlignConfig fields (besides base, reward and steps)
+METHODS = {  # name -> AlignConfig fields (besides base, reward and steps), in the order they run
     "orw-w2": {"method": "orw-w2"},
-    "orw (alpha=0)": {"method": "orw"},
     "rwr": {"method": "rwr"},
     "raft": {"method": "raft"},
-    "flow-grpo": {"method": "flow-grpo"},
+    "nft": {"method": "nft", "refresh_every": 10},
     "flow-grpo-fast (W=2)": {"method": "flow-grpo", "sde_window": 2},
     # Flow-GRPO's GenEval KL weight 0.04 divides by g^2, ours by g^2 h (h = 1/10): the same pull is 0.004 here
     "flow-grpo-fast (W=2, kl 0.004)": {"method": "flow-grpo", "sde_window": 2, "kl_beta": 0.004},
-    "nft": {"method": "nft", "refresh_every": 10},
+    "flow-grpo": {"method": "flow-grpo"},
+    "orw (alpha=0)": {"method": "orw"},
+    # the other speed option: training rollouts of the evaluation's length instead of 10 steps
+    "flow-grpo-fast (W=2, 25 training steps)": {"method": "flow-grpo", "sde_window": 2, "rollout_steps": 25},
 }
 
 

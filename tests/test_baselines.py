@@ -275,3 +275,35 @@ def test_through_the_cli_with_lora_the_reference_is_the_base_and_each_round_star
     assert proc.returncode == 0, proc.stderr
     train = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "train"]
     assert [r["old_deviation"] == 0.0 for r in train] == [True, False, False, True]
+
+
+def test_the_sde_window_makes_only_its_steps_noisy():
+    """Flow-GRPO-Fast: before the window the states are the Euler sampler's bit for bit; W steps add noise."""
+    x0 = torch.randn(64, 2, generator=torch.Generator().manual_seed(8))
+    euler = integrate(gaussian_velocity, x0, solver="euler", steps=8, return_trajectory=True).trajectory
+    traj = sde_sample(gaussian_velocity, x0, steps=8, noise=0.7, generator=torch.Generator().manual_seed(9), window=3,
+                      start=torch.tensor(2))
+    assert traj.noisy.tolist() == [False, False, True, True, True, False, False, False]
+    assert torch.equal(traj.states[:3], euler[:3]) and not torch.equal(traj.states[3], euler[3])
+
+
+def test_each_new_option_is_refused_by_the_methods_that_do_not_read_it():
+    from flowsteer.config import ALIGN_METHODS
+    from flowsteer.methods.baseline_options import NEW_OPTION_OWNERS, NOT_FOR_GRPO, ORW_ONLY
+
+    given = {"group_size": 4, "clip_range": 0.5, "kl_beta": 0.1, "sde_noise": 0.3, "sde_window": 2,
+             "rollout_updates": 3, "nft_beta": 0.5, "alpha": 0.3, "tau": 2.0, "weights": "none",
+             "standardize_reward": True, "coupling": "ot", "raft_fraction": 0.5, "rwr_samples": 8192, "w2": True,
+             "w2_budget": 0.1, "dual_lr": 0.1, "misaligned_weights": True, "refresh_every": 7,
+             "rollout_solver": "heun"}
+    for method in ALIGN_METHODS:
+        for name, value in given.items():
+            problems = AlignConfig(base="b", reward="r", method=method, **{name: value}).validate()
+            flag = "--" + name.replace("_", "-")
+            refused = any(q.startswith(flag + " is") for q in problems)
+            reads = method in NEW_OPTION_OWNERS[name] if name in NEW_OPTION_OWNERS else \
+                method not in ("flow-grpo", "nft") or (name not in ORW_ONLY and not (
+                    method == "flow-grpo" and name in NOT_FOR_GRPO))
+            assert refused == (not reads), (method, name, problems)
+    assert AlignConfig(base="b", reward="r", method="flow-grpo").validate() == []
+    assert AlignConfig(base="b", reward="r", method="nft").validate() == []
