@@ -307,3 +307,26 @@ def test_each_new_option_is_refused_by_the_methods_that_do_not_read_it():
             assert refused == (not reads), (method, name, problems)
     assert AlignConfig(base="b", reward="r", method="flow-grpo").validate() == []
     assert AlignConfig(base="b", reward="r", method="nft").validate() == []
+
+
+@pytest.mark.parametrize("method", ["flow-grpo", "nft"])
+def test_skipped_non_finite_rewards_get_no_advantage_and_leave_the_loss_finite(method):
+    from flowsteer.methods.baselines import BASELINE_OBJECTIVES
+
+    def reward(x):
+        r = -(x - 1.0).pow(2).sum(1)
+        r[::4] = float("nan")
+        return r
+
+    model = _net()
+    cfg = AlignConfig(base="unused", reward="unused", method=method, rollout_steps=4, on_bad_reward="skip",
+                      train=TrainConfig(batch_size=16))
+    obj = BASELINE_OBJECTIVES[method](reference=copy.deepcopy(model), reward=reward, config=cfg, decode=lambda x: x,
+                                      shape=(2,), sigma=0.0, generator=torch.Generator().manual_seed(0),
+                                      device=torch.device("cpu"))
+    out = obj.loss(model, step=0, generator=torch.Generator().manual_seed(1))
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and all(torch.isfinite(p.grad).all() for p in model.parameters())
+    assert float(out.metrics["bad_rewards"]) == 4 and obj.bad_total == 4
+    if method == "flow-grpo":
+        assert torch.equal(obj.round["adv"][::4], torch.zeros(4)) and bool((obj.round["adv"] != 0).any())
