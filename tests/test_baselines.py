@@ -59,6 +59,24 @@ def test_sde_samples_have_the_data_mean_and_variance(noise):
     assert (x - integrate(gaussian_velocity, x0, solver="euler", steps=200).x).abs().mean() > 0.1
 
 
+def test_sde_step_is_flow_grpo_step_in_their_time_convention():
+    """Second method: Flow-GRPO's step, written in its own convention (noise level s = 1 - t runs from 1 to 0,
+    the network predicts noise minus data = -v, sigma_max = the second grid level), gives our mean and std."""
+    steps, a = 10, 0.7
+    grid = sde_grid(steps, a)
+    g = torch.Generator().manual_seed(10)
+    x = torch.randn(32, 3, generator=g, dtype=torch.float64)
+    s = 1 - torch.linspace(0, 1, steps + 1, dtype=torch.float64)  # their sigmas: 1 -> 0
+    for k in range(steps):
+        v = gaussian_velocity(torch.full((32,), float(grid.times[k]), dtype=torch.float64), x)
+        sigma, dt = s[k], s[k + 1] - s[k]
+        std_dev_t = torch.sqrt(sigma / (1 - (s[1] if sigma == 1 else sigma))) * a
+        their_mean = x * (1 + std_dev_t**2 / (2 * sigma) * dt) + (-v) * (1 + std_dev_t**2 * (1 - sigma) / (2 * sigma)) * dt
+        ours = sde_step_mean(x, v, grid.times[k].double(), grid.h[k].double(), grid.c[k].double())
+        torch.testing.assert_close(ours, their_mean, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(grid.std[k].double(), std_dev_t * torch.sqrt(-dt), rtol=1e-6, atol=1e-7)
+
+
 def test_transition_log_prob_equals_torch_normal():
     g = torch.Generator().manual_seed(4)
     mean, x = torch.randn(8, 2, 3, generator=g), torch.randn(8, 2, 3, generator=g)
