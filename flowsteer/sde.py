@@ -69,7 +69,7 @@ def sde_grid(steps: int, noise: float, *, device: torch.device | str = "cpu") ->
     t_den = t64[:-1].clamp_min(float(t64[1]))
     c64 = noise**2 / (2 * t_den)
     std64 = noise * torch.sqrt((1 - t64[:-1]) / t_den) * torch.sqrt(h64)
-    f32 = dict(dtype=torch.float32, device=device)
+    f32 = {"dtype": torch.float32, "device": device}
     return SDEGrid(times=t64.to(**f32), h=h64.to(**f32), c=c64.to(**f32), std=std64.to(**f32))
 
 
