@@ -100,7 +100,8 @@ def main() -> None:
     align(AlignConfig(base=args.base, reward="even-digits", train=warm), None, progress="quiet", evaluate=lambda t: {})
     for name in args.methods.split(","):
         fields = METHODS[name]
-        steps = args.reward_calls // b * (2 if fields["method"] == "flow-grpo" else 1)  # 2 updates per rollout round
+        updates = fields.get("rollout_updates", AlignConfig.rollout_updates) if fields["method"] == "flow-grpo" else 1
+        steps = args.reward_calls // b * updates  # flow-grpo scores one batch per round of `updates` steps
         train = dataclasses.replace(align_train_defaults(), steps=steps, batch_size=b, log_every=max(1, steps // 10))
         cfg = AlignConfig(base=args.base, reward=counting_reward(build_reward("even-digits")), train=train, **fields)
         assert isinstance(train, TrainConfig) and not cfg.validate(), cfg.validate()
