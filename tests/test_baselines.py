@@ -348,3 +348,17 @@ def test_skipped_non_finite_rewards_get_no_advantage_and_leave_the_loss_finite(m
     assert float(out.metrics["bad_rewards"]) == 4 and obj.bad_total == 4
     if method == "flow-grpo":
         assert torch.equal(obj.round["adv"][::4], torch.zeros(4)) and bool((obj.round["adv"] != 0).any())
+
+
+def test_flow_grpo_refuses_a_bridge_base_and_a_window_longer_than_the_rollout():
+    from flowsteer.errors import ConfigError
+
+    model = _net()
+    cfg = AlignConfig(base="unused", reward="unused", method="flow-grpo", train=TrainConfig(batch_size=16))
+    with pytest.raises(ConfigError, match="--sigma 0"):
+        FlowGRPOObjective(reference=copy.deepcopy(model), reward=lambda x: x[:, 0], config=cfg, decode=lambda x: x,
+                          shape=(2,), sigma=0.5, generator=torch.Generator(), device=torch.device("cpu"))
+    problems = AlignConfig(base="b", reward="r", method="flow-grpo", sde_window=11, rollout_steps=10).validate()
+    assert problems == ["--sde-window 11 is longer than the --rollout-steps 10 of a rollout; give at most that many "
+                        "steps"]
+    assert "deterministic" in AlignConfig(base="b", reward="r", method="flow-grpo", sde_noise=0.0).validate()[0]
