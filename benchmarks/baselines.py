@@ -69,7 +69,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/baselines")
     ap.add_argument("--reward-calls", type=int, default=76_800, help="budget (ORW's acceptance run: 384000)")
     ap.add_argument("--batch-size", type=int, default=256)
-    ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated names of METHODS")
+    ap.add_argument("--methods", default=";".join(METHODS), help="semicolon-separated names of METHODS")
     args = ap.parse_args()
     torch.set_num_threads(1)
     from sklearn.datasets import load_digits
@@ -98,7 +98,7 @@ def main() -> None:
     b = args.batch_size
     warm = dataclasses.replace(align_train_defaults(), steps=2, batch_size=b)  # one-off costs (reward model, kernels)
     align(AlignConfig(base=args.base, reward="even-digits", train=warm), None, progress="quiet", evaluate=lambda t: {})
-    for name in args.methods.split(","):
+    for name in args.methods.split(";"):
         fields = METHODS[name]
         updates = fields.get("rollout_updates", AlignConfig.rollout_updates) if fields["method"] == "flow-grpo" else 1
         steps = args.reward_calls // b * updates  # flow-grpo scores one batch per round of `updates` steps
