@@ -114,7 +114,7 @@ def main() -> None:
         x = digits(run)
         pred = clf.predict(x)
         rows.append({"method": name, "p_even": float(np.isin(pred, [0, 2, 4, 6, 8]).mean()),
-                     "class_entropy": entropy(class_histogram(pred, 10)), "w2_to_base": wasserstein2(x, base_x),
+                     "class_entropy": entropy(class_histogram(pred, 10)) + 0.0, "w2_to_base": wasserstein2(x, base_x),
                      "reward_calls": Counter.reward_calls, "model_evals": Counter.model_evals, "steps": steps,
                      "seconds": round(seconds, 1), "seconds_per_step": round(seconds / steps, 4),
                      "seconds_per_1000_reward_calls": round(1000 * seconds / max(Counter.reward_calls, 1), 2)})
