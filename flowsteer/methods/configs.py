@@ -13,6 +13,7 @@ from ..config import (ADAPT_METHODS, ALIGN_DEFAULT_ALPHA, ALIGN_DEFAULT_TAU, ALI
                       SOLVERS, TIME_SAMPLERS, TrainConfig, adapt_train_defaults, align_train_defaults, check_choice,
                       field_problems, option)
 from ..schedules import TemperatureSchedule, schedule_problems
+from .baseline_options import baseline_problems
 
 BASE_HELP = ("the pretrained run folder (also the reference model), or diffusers:DIR (a saved diffusers UNet2DModel or "
              "Stable Diffusion 3 pipeline; extra: diffusers)")
@@ -79,7 +80,8 @@ class AlignConfig(FineTuneStart):
                               "clip:PROMPT[;contrast=TEXT][;model=DIR|HUB_ID] (extra: clip), python:MODULE:FUNCTION, "
                               "python:FILE.py:FUNCTION, or a weighted sum 0.5*A+0.5*B (in Python: also a callable)")
     method: str = option("orw-w2", choices=ALIGN_METHODS,
-                         help="orw-w2, orw (alpha = 0), rwr (offline reward-weighted CFM), raft (top fraction)")
+                         help="orw-w2, orw (alpha = 0), rwr (offline reward-weighted CFM), raft (top fraction), "
+                              "flow-grpo (Flow-GRPO: SDE log-probabilities, clipped ratio), nft (DiffusionNFT)")
     alpha: float = option(ALIGN_DEFAULT_ALPHA, listed=True, metavar="A[,A...]", ge=0,
                           help="weight of the W2 term; larger keeps the model closer to the base and more diverse, "
                                "smaller chases the reward; a list like 0,0.1,0.3,1 runs a sweep")
@@ -102,6 +104,21 @@ class AlignConfig(FineTuneStart):
     reward_timeout: float | None = option(None, metavar="SECONDS", gt=0, on_resume="apply",
                                           help="fail with a clear message when one reward call takes longer")
     on_bad_reward: str = option("stop", choices=("stop", "skip"), on_resume="apply", help="stop on a NaN/inf reward or skip those samples")
+    # --- issue 20: Flow-GRPO and DiffusionNFT (method-specific checks in methods/baseline_options.py)
+    group_size: int = option(8, metavar="G", ge=2, help="flow-grpo, nft: samples per group sharing a class label; "
+                                                         "rewards are standardised within a group (the whole batch "
+                                                         "where no label)")
+    clip_range: float = option(0.01, metavar="EPS", gt=0, help="flow-grpo: the importance ratio is clipped to "
+                                                               "[1-EPS, 1+EPS]")
+    kl_beta: float = option(0.0, metavar="BETA", ge=0, help="flow-grpo: weight of the KL of the policy's SDE steps to "
+                                                            "the reference's")
+    sde_noise: float = option(0.7, metavar="A", ge=0, help="flow-grpo: noise level of the SDE sampler, "
+                                                           "g(t) = A sqrt((1-t)/t)")
+    sde_window: int = option(0, metavar="W", ge=0, help="flow-grpo: only W consecutive steps (random start per round) "
+                                                        "are stochastic and trained; 0 = every step")
+    rollout_updates: int = option(2, metavar="U", ge=1, help="flow-grpo: optimiser steps on each round of rollouts")
+    nft_beta: float = option(1.0, metavar="BETA", gt=0, le=1, help="nft: v+ = (1-BETA) v_old + BETA v, "
+                                                                   "v- = (1+BETA) v_old - BETA v; in (0, 1]")
     eval_every: int = option(250, ge=0, on_resume="apply", help="steps between evaluations")
     eval_samples: int = option(512, ge=2, on_resume="apply", help="samples per evaluation")
     eval_solver: str = option("heun", choices=SOLVERS, on_resume="apply", help="solver of the evaluation samples")
@@ -130,6 +147,7 @@ class AlignConfig(FineTuneStart):
             p.append("--w2-budget adapts the W2 term's alpha; use it with --method orw-w2 (or rwr/raft)")
         check_choice(p, "on-bad-reward", self.on_bad_reward, ("stop", "skip"))
         p += self.start_problems()
+        p += baseline_problems(self)
         return p
 
 

@@ -49,6 +49,7 @@ from ..rewards.protocol import finite_rewards, reward_name
 from ..runs import METRICS_FILE, REWARD_CURVE_PLOT, Run
 from ..solvers import integrate
 from ..training import StepOutput, Trainer
+from .baselines import BASELINE_OBJECTIVES
 from .common import finish_run, fit, prepare_model, run_context, run_device, run_header, start_run_folder
 from .configs import AlignConfig
 from .policy import LaggedPolicy
@@ -309,7 +310,7 @@ def align(config: AlignConfig, out: str | Path | None, *, progress: str = "auto"
                              init_lora=config.init_lora)
     condition = base.condition if base.prompt_embeds else None
     local = dataclasses.replace(config, train=ctx.train)
-    objective = RewardWeightedObjective(
+    objective = BASELINE_OBJECTIVES.get(config.method, RewardWeightedObjective)(
         reference=prepared.reference, reward=reward, config=local, decode=base.decode, shape=base.shape,
         sigma=base.sigma, num_classes=base.num_classes, generator=ctx.generator, condition=condition, device=device,
     )

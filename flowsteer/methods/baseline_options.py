@@ -1,0 +1,79 @@
+"""The checks of the Flow-GRPO and DiffusionNFT options of ``align`` (torch-free, like :mod:`.configs`).
+
+Each option belongs to the methods that read it; one given (with a value other than its default) to a method
+that does not read it is a mistake worth one line, not a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from ..config import finite
+
+GRPO, NFT = "flow-grpo", "nft"
+NEW_METHODS = (GRPO, NFT)
+
+# option -> the methods that read it (the new methods' options; any method not listed must leave it alone)
+NEW_OPTION_OWNERS = {
+    "group_size": (GRPO, NFT), "clip_range": (GRPO,), "kl_beta": (GRPO,), "sde_noise": (GRPO,),
+    "sde_window": (GRPO,), "rollout_updates": (GRPO,), "nft_beta": (NFT,),
+}
+# ORW's options that the new methods do not read (refresh_every and rollout_solver: NFT reads them)
+ORW_ONLY = ("alpha", "tau", "weights", "standardize_reward", "coupling", "raft_fraction", "rwr_samples", "w2",
+            "w2_budget", "dual_lr", "misaligned_weights")
+NOT_FOR_GRPO = ("refresh_every", "rollout_solver")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def baseline_problems(config: Any) -> list[str]:
+    """Problems with the new methods' options of an ``AlignConfig`` (each names the option and the fix)."""
+    p: list[str] = []
+    method = config.method
+    defaults = {f.name: f.default for f in dataclasses.fields(config) if f.default is not dataclasses.MISSING}
+
+    def given(name: str) -> bool:
+        return getattr(config, name) != defaults[name]
+
+    for name, owners in NEW_OPTION_OWNERS.items():
+        if method not in owners and given(name):
+            p.append(f"{_flag(name)} is an option of --method {' and '.join(owners)}, not {method}; drop it or "
+                     f"choose --method {owners[0]}")
+    if method in NEW_METHODS:
+        for name in ORW_ONLY + (NOT_FOR_GRPO if method == GRPO else ()):
+            if given(name):
+                p.append(f"{_flag(name)} is not an option of --method {method} (it belongs to ORW and its baselines); "
+                         "drop it")
+    b = config.train.batch_size
+    g = config.group_size
+    if not _is_int(g) or g < 2:
+        p.append(f"--group-size must be an integer >= 2 (got {g!r}): a group of one has no relative advantage")
+    elif _is_int(b) and b >= 1 and (g > b or b % g):
+        p.append(f"--group-size {g} must divide --batch-size {b} (groups share a condition and never straddle "
+                 "batches); choose a divisor of the batch size")
+    if not (finite(config.clip_range) and config.clip_range > 0):
+        p.append(f"--clip-range must be a finite number > 0 (got {config.clip_range!r})")
+    if not (finite(config.kl_beta) and config.kl_beta >= 0):
+        p.append(f"--kl-beta must be a finite number >= 0 (got {config.kl_beta!r})")
+    if not (finite(config.sde_noise) and config.sde_noise >= 0):
+        p.append(f"--sde-noise must be a finite number >= 0 (got {config.sde_noise!r})")
+    elif method == GRPO and config.sde_noise == 0:
+        p.append("--sde-noise 0 makes the sampler deterministic, with no log-probabilities for flow-grpo; "
+                 "give a noise level > 0 (Flow-GRPO's is 0.7)")
+    if not _is_int(config.sde_window) or config.sde_window < 0:
+        p.append(f"--sde-window must be an integer >= 0 (got {config.sde_window!r}); 0 = every step")
+    elif _is_int(config.rollout_steps) and config.sde_window > config.rollout_steps:
+        p.append(f"--sde-window {config.sde_window} is longer than the --rollout-steps {config.rollout_steps} "
+                 "of a rollout; give at most that many steps")
+    if not _is_int(config.rollout_updates) or config.rollout_updates < 1:
+        p.append(f"--rollout-updates must be an integer >= 1 (got {config.rollout_updates!r})")
+    if not (finite(config.nft_beta) and 0 < config.nft_beta <= 1):
+        p.append(f"--nft-beta must be in (0, 1] (got {config.nft_beta!r})")
+    return p
