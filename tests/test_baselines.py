@@ -362,3 +362,14 @@ def test_flow_grpo_refuses_a_bridge_base_and_a_window_longer_than_the_rollout():
     assert problems == ["--sde-window 11 is longer than the --rollout-steps 10 of a rollout; give at most that many "
                         "steps"]
     assert "deterministic" in AlignConfig(base="b", reward="r", method="flow-grpo", sde_noise=0.0).validate()[0]
+
+
+def test_the_group_size_binds_only_the_methods_that_group():
+    """ORW and its baselines never read --group-size: a batch smaller than its default is fine for them."""
+    from flowsteer.methods.configs import AlignConfig
+    from flowsteer.config import TrainConfig
+
+    small = TrainConfig(batch_size=4)
+    assert AlignConfig(base="b", reward="even-digits", train=small).validate() == []
+    problems = AlignConfig(base="b", reward="even-digits", method="nft", train=small).validate()
+    assert any("--group-size 8 must divide --batch-size 4" in p for p in problems)

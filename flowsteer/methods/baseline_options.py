@@ -51,29 +51,17 @@ def baseline_problems(config: Any) -> list[str]:
             if given(name):
                 p.append(f"{_flag(name)} is not an option of --method {method} (it belongs to ORW and its baselines); "
                          "drop it")
-    b = config.train.batch_size
-    g = config.group_size
-    if not _is_int(g) or g < 2:
-        p.append(f"--group-size must be an integer >= 2 (got {g!r}): a group of one has no relative advantage")
-    elif _is_int(b) and b >= 1 and (g > b or b % g):
+    # Each option's own range (group size >= 2, clip range > 0, nft-beta in (0, 1], ...) is declared on its field
+    # and checked with every other option (config.field_problems); what is left depends on the method or on two
+    # options together.
+    b, g = config.train.batch_size, config.group_size
+    if method in NEW_METHODS and _is_int(g) and g >= 2 and _is_int(b) and b >= 1 and (g > b or b % g):
         p.append(f"--group-size {g} must divide --batch-size {b} (groups share a condition and never straddle "
                  "batches); choose a divisor of the batch size")
-    if not (finite(config.clip_range) and config.clip_range > 0):
-        p.append(f"--clip-range must be a finite number > 0 (got {config.clip_range!r})")
-    if not (finite(config.kl_beta) and config.kl_beta >= 0):
-        p.append(f"--kl-beta must be a finite number >= 0 (got {config.kl_beta!r})")
-    if not (finite(config.sde_noise) and config.sde_noise >= 0):
-        p.append(f"--sde-noise must be a finite number >= 0 (got {config.sde_noise!r})")
-    elif method == GRPO and config.sde_noise == 0:
+    if method == GRPO and finite(config.sde_noise) and config.sde_noise == 0:
         p.append("--sde-noise 0 makes the sampler deterministic, with no log-probabilities for flow-grpo; "
                  "give a noise level > 0 (Flow-GRPO's is 0.7)")
-    if not _is_int(config.sde_window) or config.sde_window < 0:
-        p.append(f"--sde-window must be an integer >= 0 (got {config.sde_window!r}); 0 = every step")
-    elif _is_int(config.rollout_steps) and config.sde_window > config.rollout_steps:
+    if _is_int(config.sde_window) and _is_int(config.rollout_steps) and config.sde_window > config.rollout_steps:
         p.append(f"--sde-window {config.sde_window} is longer than the --rollout-steps {config.rollout_steps} "
                  "of a rollout; give at most that many steps")
-    if not _is_int(config.rollout_updates) or config.rollout_updates < 1:
-        p.append(f"--rollout-updates must be an integer >= 1 (got {config.rollout_updates!r})")
-    if not (finite(config.nft_beta) and 0 < config.nft_beta <= 1):
-        p.append(f"--nft-beta must be in (0, 1] (got {config.nft_beta!r})")
     return p
