@@ -183,13 +183,23 @@ COMMANDS: dict[str, Command] = {
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         parsed = parse_args(argv)
-        return COMMANDS[parsed.command].run(parsed)
+        status = COMMANDS[parsed.command].run(parsed)
+        _shut_down_processes(together=True)
+        return status
     except FlowsteerError as exc:
         print(f"flowsteer: error: {exc}", file=sys.stderr)
         return int(getattr(exc, "exit_code", EXIT_USER_ERROR))
     except KeyboardInterrupt as exc:  # Ctrl-C outside training, or a second signal in it (interrupts.Abort)
         print(f"flowsteer: {str(exc) or 'interrupted'}", file=sys.stderr)
         return int(getattr(exc, "exit_code", 130))
+
+
+def _shut_down_processes(*, together: bool) -> None:
+    """Under ``accelerate launch``: end the process group before this process exits (flowsteer.distributed)."""
+    if "torch" in sys.modules:
+        from .distributed import shutdown
+
+        shutdown(together=together)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -118,15 +118,27 @@ def setup() -> Distributed:
     return _CURRENT
 
 
+def shutdown(*, together: bool = True) -> None:
+    """End the process group: ``together`` (a command that finished on every rank) waits at a barrier first, so
+    no rank tears its connections down while another still talks; then the wrappers that hold the group are
+    collected and the group destroyed.  Without this, gloo's threads can outlive the interpreter, and a rank
+    dies at exit with SIGABRT ("terminate called without an active exception", pytorch/pytorch #190489)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    import gc
+
+    try:
+        if together:
+            torch.distributed.barrier()
+        gc.collect()  # DistributedDataParallel reducers in reference cycles hold the group
+        torch.distributed.destroy_process_group()
+    except Exception:  # a peer already gone: nothing left to tidy
+        pass
+
+
 def _destroy_process_group() -> None:
-    """At exit, while the interpreter is whole: without it, gloo's worker threads may still hold finished work
-    (tensors with Python references) when the interpreter tears down, and the process dies with SIGABRT
-    ("terminate called without an active exception"; seen here once the step gained an all-reduce)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        try:
-            torch.distributed.destroy_process_group()
-        except Exception:  # a peer already gone: nothing left to tidy
-            pass
+    """At exit (a command that raised, or library use): :func:`shutdown` without the barrier."""
+    shutdown(together=False)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
