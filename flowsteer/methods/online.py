@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from .objective_base import AlignObjectiveBase
 from ..rewards import RewardError, score
 from ..rewards.protocol import reward_name
 from .configs import AlignConfig
@@ -46,7 +47,7 @@ def group_advantages(r: Tensor, valid: Tensor, group_size: int, *, eps: float = 
     return adv.clamp(-ADV_CLIP, ADV_CLIP).reshape(r.shape)
 
 
-class GroupedOnlineObjective:
+class GroupedOnlineObjective(AlignObjectiveBase):
     """The shared half of an online group-relative method: conditions, scoring and bookkeeping.
 
     Subclasses implement ``loss(model, *, step, generator)`` and extend ``state_dict``/``load_state_dict``.
@@ -56,20 +57,14 @@ class GroupedOnlineObjective:
     def __init__(self, *, reference: nn.Module, reward: Any, config: AlignConfig, decode, shape: tuple[int, ...],
                  sigma: float, num_classes: int = 0, generator: torch.Generator, condition=None,
                  device: torch.device | None = None) -> None:
-        self.reference, self.reward, self.cfg = reference, reward, config
-        self.device = torch.device(device or generator.device)
-        self.stat_dtype = torch.float32 if self.device.type == "mps" else torch.float64
-        self.decode, self.shape, self.sigma, self.num_classes = decode, shape, sigma, num_classes
-        self.condition = condition
-        self.bad_total = 0
-        self.w2_running: Tensor | None = None  # align's final figures read it; these methods keep no W2 term
+        super().__init__(reference=reference, reward=reward, config=config, decode=decode, shape=shape, sigma=sigma,
+                         num_classes=num_classes, generator=generator, condition=condition, device=device)
+        # w2_running stays None: align's final figures read it, and these methods keep no W2 term
         b = config.train.batch_size
         self.group = config.group_size if num_classes else b
         if b % self.group:
             raise ConfigError(f"--group-size {config.group_size} does not divide this process's batch of {b}; "
                               "choose a group size that divides --batch-size / processes")
-        for p in reference.parameters():
-            p.requires_grad_(False)
 
     def labels(self, n: int, generator: torch.Generator) -> dict[str, Tensor]:
         """Conditions of ``n`` samples: one class label per group of ``--group-size`` (and a prompt's states)."""

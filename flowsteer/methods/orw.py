@@ -51,6 +51,7 @@ from ..solvers import integrate
 from ..training import StepOutput, Trainer
 from .baselines import BASELINE_OBJECTIVES
 from .common import finish_run, fit, prepare_model, run_context, run_device, run_header, start_run_folder
+from .objective_base import AlignObjectiveBase
 from .configs import AlignConfig
 from .policy import LaggedPolicy
 
@@ -105,7 +106,7 @@ def orw_loss(pred: Tensor, target: Tensor, ref: Tensor, weights: Tensor, *, alph
     return (weights * fm).mean() + alpha * w2_term, w2_term
 
 
-class RewardWeightedObjective:
+class RewardWeightedObjective(AlignObjectiveBase):
     """The loss and sampling policy of ORW-CFM-W2 and its baselines (see the module doc).
 
     Args:
@@ -130,24 +131,17 @@ class RewardWeightedObjective:
     def __init__(self, *, reference: nn.Module, reward: Any, config: AlignConfig, decode, shape: tuple[int, ...],
                  sigma: float, num_classes: int = 0, generator: torch.Generator, condition=None,
                  device: torch.device | None = None) -> None:
-        self.reference, self.reward, self.cfg = reference, reward, config
-        self.device = torch.device(device or generator.device)
-        self._stat_dtype = torch.float32 if self.device.type == "mps" else torch.float64
-        self.decode, self.shape, self.sigma, self.num_classes = decode, shape, sigma, num_classes
-        self.condition = condition
+        super().__init__(reference=reference, reward=reward, config=config, decode=decode, shape=shape, sigma=sigma,
+                         num_classes=num_classes, generator=generator, condition=condition, device=device)
         self._pending_policy: dict[str, Tensor] | None = None
         self.path = build_path(sigma)
         self.coupling = build_coupling(config.coupling)
         self.time_sampler = TimeSampler("uniform")
         self.alpha: float | Tensor = config.effective_alpha
         if config.w2_budget is not None:
-            self.alpha = torch.tensor(float(self.alpha), dtype=self._stat_dtype, device=self.device)
-        self.w2_running: Tensor | None = None
+            self.alpha = torch.tensor(float(self.alpha), dtype=self.stat_dtype, device=self.device)
         self.policy: LaggedPolicy | None = None
         self.offline: dict[str, Tensor] | None = None
-        self.bad_total = 0
-        for p in reference.parameters():
-            p.requires_grad_(False)
         if config.method == "rwr":
             self.offline = self._offline_set(generator)
 
@@ -247,7 +241,7 @@ class RewardWeightedObjective:
         loss, w2_term = orw_loss(pred, s.target, ref, w, alpha=alpha_used if isinstance(alpha_used, float)
                                  else alpha_used.to(pred.dtype))
         # the dual variable must agree across ranks: the W2 term averaged over them (on the device)
-        w2_value = mean_across_ranks(w2_term.detach().to(self._stat_dtype))
+        w2_value = mean_across_ranks(w2_term.detach().to(self.stat_dtype))
         self.w2_running = w2_value if self.w2_running is None else 0.95 * self.w2_running + 0.05 * w2_value
         if self.cfg.w2_budget is not None:
             step_size = self.cfg.dual_lr * (w2_value / self.cfg.w2_budget - 1.0)
@@ -277,9 +271,9 @@ class RewardWeightedObjective:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.bad_total = state["bad_total"]
         self.alpha = state["alpha"] if self.cfg.w2_budget is None else \
-            torch.tensor(state["alpha"], dtype=self._stat_dtype, device=self.device)
+            torch.tensor(state["alpha"], dtype=self.stat_dtype, device=self.device)
         self.w2_running = None if state["w2_running"] is None else \
-            torch.tensor(state["w2_running"], dtype=self._stat_dtype, device=self.device)
+            torch.tensor(state["w2_running"], dtype=self.stat_dtype, device=self.device)
         if state.get("offline") is not None:
             self.offline = {k: v.to(self.device) for k, v in state["offline"].items()}
         if state.get("policy") is not None:

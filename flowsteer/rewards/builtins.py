@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ..data import parse_classes
 from .classifier import digit_labels, digit_probabilities
-from .protocol import RewardError, guarded, one_line, reward_name, score
+from .protocol import RewardError, as_reward_errors, guarded, one_line, reward_name, score
 
 EVEN_DIGITS = (0, 2, 4, 6, 8)
 
@@ -108,7 +108,11 @@ def _load_python(spec: str) -> UserReward:
     where, sep, func = body.rpartition(":")
     if not sep or not where or not func:
         raise RewardError(f"cannot read reward {spec!r}; write python:MODULE:FUNCTION or python:FILE.py:FUNCTION")
-    try:
+    with as_reward_errors(lambda exc: f"importing {where!r} for reward {spec!r} called sys.exit({exc.code!r}); keep "
+                                      "the module's top level free of exits (put the script part under if __name__ "
+                                      "== '__main__':)",
+                          lambda exc: f"cannot import {where!r} for reward {spec!r}: {type(exc).__name__}: "
+                                      f"{one_line(exc)}"):
         with guarded():  # the module's own code is the user's too: its prints go to stderr
             if where.endswith(".py"):
                 path = Path(where).expanduser()
@@ -121,13 +125,6 @@ def _load_python(spec: str) -> UserReward:
                 loader_spec.loader.exec_module(module)  # type: ignore[union-attr]
             else:
                 module = importlib.import_module(where)
-    except RewardError:
-        raise
-    except SystemExit as exc:
-        raise RewardError(f"importing {where!r} for reward {spec!r} called sys.exit({exc.code!r}); keep the module's "
-                          "top level free of exits (put the script part under if __name__ == '__main__':)") from None
-    except Exception as exc:
-        raise RewardError(f"cannot import {where!r} for reward {spec!r}: {type(exc).__name__}: {one_line(exc)}") from None
     fn = getattr(module, func, None)
     if fn is None or not callable(fn):
         raise RewardError(f"{where!r} has no function {func!r}; check the name in {spec!r}")

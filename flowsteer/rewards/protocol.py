@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from typing import Any, Iterator, Protocol, runtime_checkable
+from typing import Any, Callable, Iterator, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -133,22 +133,35 @@ def guarded() -> Iterator[None]:
             torch.set_default_dtype(dtype)
 
 
-def _call(reward: Any, name: str, fn, *, timeout: float | None, n: int, step: int | None, what: str = "") -> Any:
-    """``fn()`` (the reward's call) under :func:`guarded`, its failures turned into one RewardError line."""
+@contextlib.contextmanager
+def as_reward_errors(on_exit: Callable[[SystemExit], str], on_error: Callable[[Exception], str], *,
+                     chain: bool = False) -> Iterator[None]:
+    """User code's failures inside the block as one :class:`RewardError` line: ``on_exit`` words a
+    ``sys.exit()``, ``on_error`` any other exception (kept as the cause when ``chain``); a RewardError and a
+    KeyboardInterrupt pass through."""
     try:
-        with guarded():
-            return _call_with_timeout(fn, timeout)
-    except _RewardTimeout:
-        at = f" at step {step}" if step is not None else ""
-        raise RewardError(f"reward {name!r}{what} took longer than --reward-timeout {timeout:g} s on {n} samples{at}; "
-                          "speed the reward up or raise --reward-timeout") from None
+        yield
     except RewardError:
         raise
     except SystemExit as exc:
-        raise RewardError(f"reward {name!r}{what} called sys.exit({exc.code!r}); a reward must return its values - "
-                          "raise an exception to report a problem") from None
+        raise RewardError(on_exit(exc)) from None
     except Exception as exc:
-        raise RewardError(f"reward {name!r}{what} raised {type(exc).__name__}: {one_line(exc)}{_origin(exc)}") from exc
+        raise RewardError(on_error(exc)) from (exc if chain else None)
+
+
+def _call(reward: Any, name: str, fn, *, timeout: float | None, n: int, step: int | None, what: str = "") -> Any:
+    """``fn()`` (the reward's call) under :func:`guarded`, its failures turned into one RewardError line."""
+    with as_reward_errors(lambda exc: f"reward {name!r}{what} called sys.exit({exc.code!r}); a reward must return its "
+                                      "values - raise an exception to report a problem",
+                          lambda exc: f"reward {name!r}{what} raised {type(exc).__name__}: {one_line(exc)}{_origin(exc)}",
+                          chain=True):
+        try:
+            with guarded():
+                return _call_with_timeout(fn, timeout)
+        except _RewardTimeout:
+            at = f" at step {step}" if step is not None else ""
+            raise RewardError(f"reward {name!r}{what} took longer than --reward-timeout {timeout:g} s on {n} samples"
+                              f"{at}; speed the reward up or raise --reward-timeout") from None
 
 
 def _numbers(out: Any, name: str, n: int, device: torch.device, what: str = "") -> Tensor:
