@@ -64,7 +64,7 @@ def sde_grid(steps: int, noise: float, *, device: torch.device | str = "cpu") ->
         raise ConfigError(f"the number of SDE steps must be an integer >= 1, got {steps!r}")
     if not (math.isfinite(noise) and noise >= 0):
         raise ConfigError(f"--sde-noise must be a finite number >= 0, got {noise!r}")
-    t64 = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)  # the Euler sampler's grid, to the bit
+    t64 = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64, device="cpu")  # the Euler grid, to the bit; on the host
     h64 = t64[1:] - t64[:-1]
     t_den = t64[:-1].clamp_min(float(t64[1]))
     c64 = noise**2 / (2 * t_den)
