@@ -4,6 +4,7 @@ log-probabilities and KL, the on-policy ratio, group advantages and the NFT grad
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 
 import pytest
@@ -263,6 +264,9 @@ def test_resume_of_the_new_methods_is_bitwise_exact(method, options, moons_run, 
     assert proc.returncode == 0, proc.stderr
     a, b = load_file(str(whole / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # the budget's counts continue across the resume (checkpointed with the objective)
+    fa, fb = (json.loads((d / "final_metrics.json").read_text()) for d in (whole, resumed))
+    assert (fa["reward_calls"], fa["model_evals"]) == (fb["reward_calls"], fb["model_evals"]) and fa["reward_calls"] > 0
     sa = torch.load(whole / "checkpoint-30" / "trainer_state.pt", weights_only=False)
     sb = torch.load(resumed / "checkpoint-30" / "trainer_state.pt", weights_only=False)
     assert all(torch.equal(sa["optimizer"]["state"][i]["exp_avg"], sb["optimizer"]["state"][i]["exp_avg"])

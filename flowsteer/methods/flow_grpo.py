@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..interrupts import interruptible
 from ..sde import SDEGrid, call_velocity, gaussian_kl, gaussian_log_prob, sde_grid, sde_sample, sde_step_mean
 from ..training import StepOutput
 from .online import GroupedOnlineObjective
@@ -68,8 +69,10 @@ class FlowGRPOObjective(GroupedOnlineObjective):
             start = torch.randint(0, self.steps - self.window + 1, (), generator=generator, device=self.device)
         else:
             start = torch.zeros((), dtype=torch.long, device=self.device)
-        traj = sde_sample(model, x0, steps=self.steps, noise=self.cfg.sde_noise, cond=cond, generator=generator,
-                          window=self.window, start=start, grid=self.grid)
+        with interruptible():  # changes nothing but the RNG (see flowsteer.interrupts)
+            traj = sde_sample(model, x0, steps=self.steps, noise=self.cfg.sde_noise, cond=cond, generator=generator,
+                              window=self.window, start=start, grid=self.grid)
+        self.budget.forward(b, traj.nfe)
         width = self.window or self.steps
         idx = start + torch.arange(width, device=self.device)
         r, valid = self.rewards(traj.x, cond, step)
@@ -86,8 +89,10 @@ class FlowGRPOObjective(GroupedOnlineObjective):
         rd = self.round
         g = self.grid
         times, hs, cs, stds = (v.index_select(0, rd["idx"]) for v in (g.times[:-1], g.h, g.c, g.std))
+        width = int(rd["idx"].shape[0])  # a shape, not a device read
+        self.budget.forward(rd["states"].shape[1], width * (2 if cfg.kl_beta > 0 else 1))  # policy (and reference)
         ratios, kls, policy_terms = [], [], []
-        for j in range(rd["idx"].shape[0]):
+        for j in range(width):
             x, x_next = rd["states"][j], rd["states"][j + 1]
             mean = sde_step_mean(x, call_velocity(model, times[j], x, rd["cond"]), times[j], hs[j], cs[j])
             log_prob = gaussian_log_prob(x_next, mean, stds[j])

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..interrupts import interruptible
 from ..paths import TimeSampler, build_path
 from ..solvers import integrate
 from ..training import StepOutput
@@ -78,9 +79,11 @@ class NFTObjective(GroupedOnlineObjective):
         b = cfg.train.batch_size
         cond = self.labels(b, generator)
         x0 = torch.randn((b, *self.shape), generator=generator, device=self.device)
-        with policy.network(model) as old_net:
-            x1 = integrate(old_net, x0, solver=cfg.rollout_solver, steps=cfg.rollout_steps, sigma=self.sigma,
-                           cond=cond, generator=generator).x.clone()
+        with policy.network(model) as old_net, interruptible():  # inside the swap of weights (flowsteer.interrupts)
+            res = integrate(old_net, x0, solver=cfg.rollout_solver, steps=cfg.rollout_steps, sigma=self.sigma,
+                            cond=cond, generator=generator)
+            x1 = res.x.clone()
+        self.budget.forward(b, res.nfe)
         r, valid = self.rewards(x1, cond, step)
         p_opt = optimality_probability(self.advantages(r, valid)).float()
         noise = torch.randn(x1.shape, generator=generator, device=x1.device)
@@ -89,6 +92,7 @@ class NFTObjective(GroupedOnlineObjective):
         with policy.network(model) as old_net, torch.no_grad():
             old = old_net(s.t, s.x_t, **cond).float()
         pred = model(s.t, s.x_t, **cond).float()
+        self.budget.forward(b, 2)  # theta_old and theta on the forward process
         loss = nft_loss(pred, old, s.target, p_opt, beta=cfg.nft_beta, weights=valid.float())
         metrics: dict[str, Tensor | float] = {
             **self.reward_metrics(r, valid), "optimality_mean": p_opt.mean(),

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .budget import Budget
 from .configs import AlignConfig
 
 
@@ -14,7 +15,8 @@ class AlignObjectiveBase:
     """The frozen reference, the reward, the settings and where the objective computes.
 
     ``device``: where rollouts, rewards' inputs and running statistics live (default: the generator's);
-    statistics are float64 there, float32 on MPS (which has no float64).
+    statistics are float64 there, float32 on MPS (which has no float64).  ``budget``: the run's reward calls and
+    model evaluations (:mod:`.budget`), counted by each method where it spends them.
     """
 
     def __init__(self, *, reference: nn.Module, reward: Any, config: AlignConfig, decode, shape: tuple[int, ...],
@@ -27,5 +29,6 @@ class AlignObjectiveBase:
         self.condition = condition
         self.bad_total = 0
         self.w2_running: Tensor | None = None
+        self.budget = Budget()
         for p in reference.parameters():
             p.requires_grad_(False)

@@ -51,8 +51,13 @@ class GroupedOnlineObjective(AlignObjectiveBase):
     """The shared half of an online group-relative method: conditions, scoring and bookkeeping.
 
     Subclasses implement ``loss(model, *, step, generator)`` and extend ``state_dict``/``load_state_dict``.
+    Rollouts and reward calls are interruptible regions (``interruptible = True``, as ORW's objective): they
+    change nothing but the RNG (and the budget's counts, which count work spent), so a stop signal during a
+    slow reward abandons the step and the Trainer rewinds the RNG to its start.
     The constructor takes the same arguments as :class:`~flowsteer.methods.orw.RewardWeightedObjective`.
     """
+
+    interruptible = True
 
     def __init__(self, *, reference: nn.Module, reward: Any, config: AlignConfig, decode, shape: tuple[int, ...],
                  sigma: float, num_classes: int = 0, generator: torch.Generator, condition=None,
@@ -76,7 +81,8 @@ class GroupedOnlineObjective(AlignObjectiveBase):
 
     def rewards(self, x1: Tensor, cond: dict[str, Tensor], step: int) -> tuple[Tensor, Tensor]:
         """Rewards ``[B]`` (float64; float32 on MPS) and their validity; stops (or skips) on non-finite ones."""
-        r = score(self.reward, self.decode(x1), cond, timeout=self.cfg.reward_timeout, step=step)
+        r = score(self.reward, self.decode(x1), cond, timeout=self.cfg.reward_timeout, step=step)  # interruptible
+        self.budget.scored(x1.shape[0])
         valid = torch.isfinite(r)
         n_bad = int((~valid).sum())
         if n_bad:
@@ -94,11 +100,9 @@ class GroupedOnlineObjective(AlignObjectiveBase):
         rv = r[valid]
         return {"reward": rv.mean(), "reward_std": rv.std() if rv.numel() > 1 else 0.0}
 
-    def final_alpha(self) -> float:
-        return 0.0
-
     def state_dict(self) -> dict[str, Any]:
-        return {"bad_total": self.bad_total}
+        return {"bad_total": self.bad_total, "budget": self.budget.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.bad_total = state["bad_total"]
+        self.budget.load_state_dict(state.get("budget"))

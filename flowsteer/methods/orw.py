@@ -50,6 +50,7 @@ from ..runs import METRICS_FILE, REWARD_CURVE_PLOT, Run
 from ..solvers import integrate
 from ..training import StepOutput, Trainer
 from .baselines import BASELINE_OBJECTIVES
+from .budget import budget_figures, method_knob, run_title
 from .common import finish_run, fit, prepare_model, run_context, run_device, run_header, start_run_folder
 from .objective_base import AlignObjectiveBase
 from .configs import AlignConfig
@@ -159,11 +160,13 @@ class RewardWeightedObjective(AlignObjectiveBase):
         with interruptible():  # inside the policy's swap of weights (see flowsteer.interrupts)
             res = integrate(model, x0, solver=self.cfg.rollout_solver, steps=self.cfg.rollout_steps, sigma=self.sigma,
                             cond=cond, generator=generator)
+        self.budget.forward(n, res.nfe)
         return res.x.clone(), cond
 
     def _score(self, x1: Tensor, cond: dict[str, Tensor], step: int) -> tuple[Tensor, Tensor]:
         """Rewards ``[B]`` and a validity mask; stops (or skips) on non-finite rewards (:func:`finite_rewards`)."""
         r = score(self.reward, self.decode(x1), cond, timeout=self.cfg.reward_timeout, step=step)
+        self.budget.scored(x1.shape[0])
         valid, n_bad = finite_rewards(self.reward, r, x1, step=step, skip=self.cfg.on_bad_reward == "skip")
         self.bad_total += n_bad
         return r, valid
@@ -237,6 +240,7 @@ class RewardWeightedObjective(AlignObjectiveBase):
         pred = model(s.t, s.x_t, **cond).float()  # the loss in float32 under autocast
         with torch.no_grad():
             ref = self.reference(s.t, s.x_t, **cond).float()
+        self.budget.forward(s.x_t.shape[0], 2)  # the trained network and the reference
         alpha_used = self.alpha
         loss, w2_term = orw_loss(pred, s.target, ref, w, alpha=alpha_used if isinstance(alpha_used, float)
                                  else alpha_used.to(pred.dtype))
@@ -266,10 +270,12 @@ class RewardWeightedObjective(AlignObjectiveBase):
     def state_dict(self) -> dict[str, Any]:
         running = None if self.w2_running is None else float(self.w2_running)
         return {"alpha": float(self.alpha), "w2_running": running, "bad_total": self.bad_total,
+                "budget": self.budget.state_dict(),
                 "policy": self.policy.state_dict() if self.policy is not None else None, "offline": self.offline}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.bad_total = state["bad_total"]
+        self.budget.load_state_dict(state.get("budget"))
         self.alpha = state["alpha"] if self.cfg.w2_budget is None else \
             torch.tensor(state["alpha"], dtype=self.stat_dtype, device=self.device)
         self.w2_running = None if state["w2_running"] is None else \
@@ -330,15 +336,18 @@ def align(config: AlignConfig, out: str | Path | None, *, progress: str = "auto"
                                      "rank_seeds": [config.train.seed + r for r in range(ctx.dist.world_size)]}
     out_dir = Path(out) if out is not None else None
     start_run_folder(out_dir, base.prompt_embeds, ctx.dist)
+    budget = objective.budget  # reward calls and model evaluations, logged with each evaluation and in `final`
+    budget.start(device)
     trainer = fit(prepared.model, objective, config.train, generator=ctx.generator, out=out_dir,
                   run_config=run_config, progress=progress, desc=f"align:{config.method}", resume=resume,
-                  evaluate=evaluate, eval_every=config.eval_every, dist=ctx.dist)
-    final = {**trainer.last_eval, "final_alpha": objective.final_alpha(),
+                  evaluate=lambda t: {**evaluate(t), **budget.counts()}, eval_every=config.eval_every, dist=ctx.dist)
+    knob, value = method_knob(config)  # ORW's family: alpha as it ended (a W2 budget moves it); else its own knob
+    final = {**trainer.last_eval, **({"final_alpha": objective.final_alpha()} if knob == "alpha" else {knob: value}),
              "w2_bound_running": None if objective.w2_running is None else float(objective.w2_running),
-             "bad_rewards_skipped": objective.bad_total, "steps": trainer.step}
+             "bad_rewards_skipped": objective.bad_total, "steps": trainer.step, **budget_figures(budget, device, ctx.dist)}
     if ctx.dist.enabled:
         final["ranks_in_sync"] = trainer.ranks_in_sync
-    title = f"{config.method} alpha={config.effective_alpha:g} tau={config.tau:g}"
+    title = run_title(config)
     return finish_run(trainer, run_config, out_dir, spec=prepared.spec, final=final, dist=ctx.dist,
                       prompt_embeds=base.prompt_embeds,
                       plots=lambda d: save_training_curves(d / METRICS_FILE, d / REWARD_CURVE_PLOT, title=title))

@@ -32,9 +32,11 @@ class ReportRun:
 
     def describe(self) -> str:
         s = self.config.get("settings", {})
-        if self.method == "align":
-            alpha = self.final.get("final_alpha", s.get("alpha"))
-            return f"{s.get('method', 'align')}, alpha={alpha:g}" if isinstance(alpha, (int, float)) else str(s.get("method"))
+        if self.method == "align":  # the method's own knob: alpha (as it ended), kl_beta (flow-grpo), nft_beta (nft)
+            knob = {"flow-grpo": "kl_beta", "nft": "nft_beta"}.get(str(s.get("method")), "alpha")
+            value = self.final.get("final_alpha", s.get("alpha")) if knob == "alpha" else s.get(knob)
+            return f"{s.get('method', 'align')}, {knob}={value:g}" if isinstance(value, (int, float)) \
+                else str(s.get("method"))
         if self.method == "adapt":
             return f"{s.get('method', 'adapt')} / {s.get('coupling', '?')}"
         return f"pretrain on {self.config.get('data', {}).get('spec', '?')}"
