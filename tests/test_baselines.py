@@ -377,3 +377,38 @@ def test_the_group_size_binds_only_the_methods_that_group():
     assert AlignConfig(base="b", reward="even-digits", train=small).validate() == []
     problems = AlignConfig(base="b", reward="even-digits", method="nft", train=small).validate()
     assert any("--group-size 8 must divide --batch-size 4" in p for p in problems)
+
+
+@pytest.mark.parametrize("method", ["flow-grpo", "nft"])
+def test_a_stop_signal_during_a_slow_reward_cuts_the_new_methods_step_short(method):
+    """The new objectives declare ``interruptible`` like ORW's: SIGTERM inside a slow reward call abandons the
+    step at once (the Trainer rewinds it) instead of waiting for the reward to finish."""
+    import os
+    import signal
+    import time
+
+    from flowsteer.errors import Interrupted
+    from flowsteer.methods.baselines import BASELINE_OBJECTIVES
+    from flowsteer.training import Trainer
+
+    calls: list[str] = []
+
+    def slow(x):
+        calls.append("call")
+        if len(calls) == 2:  # the second step's reward
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+            calls.append("slept through")
+        return -(x - 1.0).pow(2).sum(1)
+
+    model = _net()
+    cfg = AlignConfig(base="unused", reward="unused", method=method, rollout_steps=3,
+                      train=TrainConfig(batch_size=16, steps=4), **({"rollout_updates": 1} if method == "flow-grpo" else {}))
+    assert cfg.validate() == []
+    objective = BASELINE_OBJECTIVES[method](reference=copy.deepcopy(model), reward=slow, config=cfg, decode=lambda x: x,
+                                            shape=(2,), sigma=0.0, generator=torch.Generator().manual_seed(0),
+                                            device=torch.device("cpu"))
+    trainer = Trainer(model, objective, cfg.train, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(Interrupted):
+        trainer.fit()
+    assert calls == ["call", "call"] and trainer.step == 1  # cut inside the second step's reward, step 1 kept
