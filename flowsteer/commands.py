@@ -105,35 +105,39 @@ def cmd_align(p: Parsed) -> int:
     from .bases import base_config
     from .distributed import setup
     from .methods.orw import align
+    from .methods.baseline_options import knob_flag, sweep_of
     from .methods.sweep import align_sweep
     from .ownership import SWEEP
     from .rewards import build_reward
     from .runs import PARETO_PLOT, SWEEP_FILE
 
     config, target = p[AlignConfig], p[RunOutput]
-    alphas = p.lists.get("alpha", [config.alpha])
+    # a comma list of the method's knob runs a sweep: --alpha (ORW's family), --kl-beta (flow-grpo), --nft-beta (nft)
+    knob, values, problems = sweep_of(config.method, p.lists, config.alpha)
+    if problems:
+        raise ConfigError.listing(problems)
     out = Path(target.out)
-    if len(alphas) > 1 and target.resume:
-        raise ConfigError("--resume continues one run; resume a sweep's runs one at a time (--out DIR/alpha-A)")
-    kind = "align" if len(alphas) == 1 else SWEEP
+    if len(values) > 1 and target.resume:
+        raise ConfigError("--resume continues one run; resume a sweep's runs one at a time "
+                          f"(--out DIR/{knob_flag(knob).lstrip('-')}-{'A' if knob == 'alpha' else 'BETA'})")
+    kind = "align" if len(values) == 1 else SWEEP
     _check_out_dir(out, kind, target.resume, base=config.base)
-    if config.method == "orw" and "alpha" in p.lists and any(a > 0 for a in alphas):
+    if config.method == "orw" and "alpha" in p.lists and any(a > 0 for a in p.lists["alpha"]):
         raise ConfigError("--method orw is ORW-CFM without the W2 term (alpha = 0); use --method orw-w2 to set --alpha")
-    problems = []
-    for alpha in alphas:  # every alpha of a sweep is checked with every other option: one message for all
-        problems += [q for q in dataclasses.replace(config, alpha=alpha).validate() if q not in problems]
+    for v in values:  # every value of a sweep is checked with every other option: one message for all
+        problems += [q for q in dataclasses.replace(config, **{knob: v}).validate() if q not in problems]
     if problems:
         raise ConfigError.listing(problems)
     base_config(config.base, prompt=config.prompt)  # a clear error before any work if --base or --prompt is wrong
     build_reward(config.reward)  # likewise for an unknown or unloadable reward
     _check_init_lora(config)
-    if len(alphas) > 1:
+    if len(values) > 1:
         with _claimed(out, kind, base=config.base):
-            summary = align_sweep(config, alphas, out, progress=p.display.mode)
+            summary = align_sweep(config, values, out, progress=p.display.mode, knob=knob)
         if not setup().is_main:
             return 0
         for point in summary["points"]:
-            p.say(f"alpha={point['alpha']:g}: reward {point['reward_mean']:.3f}, "
+            p.say(f"{knob}={point[knob]:g}: reward {point['reward_mean']:.3f}, "
                   + (f"class entropy {point['class_entropy']:.3f}, " if "class_entropy" in point else "")
                   + f"W2 to base {point['w2_to_reference']:.3f}")
         p.say(f"sweep: {out / SWEEP_FILE}  plot: {out / PARETO_PLOT}")

@@ -146,19 +146,21 @@ def save_training_curves(metrics_path: str | Path, out: str | Path, *, title: st
     _save(fig, out)
 
 
-def save_pareto(points: list[dict], out: str | Path, *, title: str | None = None, extra: list[dict] | None = None) -> None:
-    """Reward-diversity plane: one point per alpha (and optional extra points, e.g. a W2-budget run)."""
+def save_pareto(points: list[dict], out: str | Path, *, title: str | None = None, extra: list[dict] | None = None,
+                knob: str = "alpha") -> None:
+    """Reward-diversity plane: one point per value of the swept ``knob`` (alpha, kl_beta, nft_beta; and optional
+    extra points, e.g. a W2-budget run)."""
     plt = _plt()
     key = "class_entropy" if all("class_entropy" in p for p in points) else "pairwise_distance"
     fig, ax = plt.subplots(figsize=(5.5, 4.5), dpi=100)
     xs, ys = [p[key] for p in points], [p["reward_mean"] for p in points]
-    ax.plot(xs, ys, "o-", color="tab:blue", label="alpha sweep")
+    ax.plot(xs, ys, "o-", color="tab:blue", label=f"{knob} sweep")
     for p in points:
-        ax.annotate(f"alpha={p['alpha']:g}", (p[key], p["reward_mean"]), textcoords="offset points", xytext=(5, 5))
+        ax.annotate(f"{knob}={p[knob]:g}", (p[key], p["reward_mean"]), textcoords="offset points", xytext=(5, 5))
     for p in extra or []:
         ax.plot([p[key]], [p["reward_mean"]], "*", ms=14, color="tab:red", label=p.get("label", "extra"))
     ax.set_xlabel(key.replace("_", " ")), ax.set_ylabel("reward (mean)")
-    ax.margins(0.15)  # room for the alpha labels inside the frame
+    ax.margins(0.15)  # room for the knob's labels inside the frame
     _legend_below(ax, len(ax.get_lines()) if extra else 0)
     if title:
         ax.set_title(title)

@@ -257,6 +257,18 @@ CASES = [
      "--nft-beta 0.5 --out {ws}/new", 2, "--nft-beta is an option of --method nft, not orw-w2"),
     ("orw-option-to-grpo", "an ORW option given to flow-grpo", "align --base {ws}/run --reward target:1,0 "
      "--method flow-grpo --tau 2 --out {ws}/new", 2, "--tau is not an option of --method flow-grpo"),
+    ("kl-beta-sweep-to-orw", "a --kl-beta sweep given to ORW-CFM-W2", "align --base {ws}/run --reward target:1,0 "
+     "--kl-beta 0,0.01 --out {ws}/new", 2, "--kl-beta 0,0.01 sweeps an option of --method flow-grpo, not orw-w2"),
+    ("nft-beta-sweep-to-grpo", "an --nft-beta sweep given to flow-grpo", "align --base {ws}/run --reward target:1,0 "
+     "--method flow-grpo --nft-beta 0.5,1 --out {ws}/new", 2, "--nft-beta 0.5,1 sweeps an option of --method nft, "
+     "not flow-grpo"),
+    ("alpha-sweep-to-nft", "an --alpha sweep given to nft", "align --base {ws}/run --reward target:1,0 --method nft "
+     "--alpha 0,0.3 --out {ws}/new", 2, "not nft; choose --method orw-w2 or sweep its own knob (--nft-beta A,B,...)"),
+    ("two-sweeps", "two knobs swept at once", "align --base {ws}/run --reward target:1,0 --method flow-grpo "
+     "--kl-beta 0,0.1 --alpha 0,1 --out {ws}/new", 2, "a sweep varies one knob"),
+    ("nft-beta-sweep-out-of-range", "an --nft-beta sweep with a value above 1", "align --base {ws}/run "
+     "--reward target:1,0 --method nft --nft-beta 0.5,2 --out {ws}/new", 2,
+     "--nft-beta must be in (0, 1] (a finite number; got 2.0)"),
 ]
 
 

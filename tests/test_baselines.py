@@ -412,3 +412,28 @@ def test_a_stop_signal_during_a_slow_reward_cuts_the_new_methods_step_short(meth
     with pytest.raises(Interrupted):
         trainer.fit()
     assert calls == ["call", "call"] and trainer.step == 1  # cut inside the second step's reward, step 1 kept
+
+
+@pytest.mark.parametrize("method, flag, knob, values", [
+    ("flow-grpo", "--kl-beta", "kl_beta", (0.0, 0.05)),
+    ("nft", "--nft-beta", "nft_beta", (0.5, 1.0)),
+])
+def test_a_sweep_of_the_new_methods_knob_runs_one_run_per_value(method, flag, knob, values, moons_run, tmp_path):
+    """--kl-beta / --nft-beta A,B sweep like --alpha A,B: one run per value in OUT/kl-beta-A ..., sweep.json
+    keyed by the knob, the Pareto plot, and one line per value."""
+    out = tmp_path / "sweep"
+    proc = cli("align", "--base", str(moons_run), "--reward", "target:1.5,0.0", "--method", method,
+               flag, ",".join(f"{v:g}" for v in values), "--steps", "4", "--batch-size", "16", "--group-size", "4",
+               "--rollout-steps", "3", "--eval-every", "0", "--eval-samples", "16", "--progress", "log", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((out / "sweep.json").read_text())
+    assert summary["knob"] == knob and summary["method"] == method
+    assert [p[knob] for p in summary["points"]] == list(values)
+    for v, point in zip(values, summary["points"]):
+        run = out / f"{flag.lstrip('-')}-{v:g}"
+        config = json.loads((run / "config.json").read_text())
+        assert config["settings"][knob] == v and config["final"][knob] == v and "final_alpha" not in config["final"]
+        assert point["run"] == str(run) and point["reward_calls"] > 0
+    assert (out / "pareto.png").is_file()
+    said = [line.split(":")[0] for line in proc.stdout.splitlines() if line.startswith(f"{knob}=")]
+    assert said == [f"{knob}={v:g}" for v in values], proc.stdout

@@ -25,8 +25,35 @@ ORW_ONLY = ("alpha", "tau", "weights", "standardize_reward", "coupling", "raft_f
 NOT_FOR_GRPO = ("refresh_every", "rollout_solver")
 
 
+# the knob a sweep (a comma list, like --alpha 0,0.1,0.3) may vary -> the methods it belongs to
+SWEEP_KNOBS = {"alpha": ("orw-w2", "orw", "rwr", "raft"), "kl_beta": (GRPO,), "nft_beta": (NFT,)}
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+knob_flag = _flag
+
+
+def sweep_of(method: str, lists: dict[str, list[Any]], default: float) -> tuple[str, list[Any], list[str]]:
+    """The sweep a command line asks for: (knob, values, problems) from the comma lists of ``SWEEP_KNOBS``
+    options (``lists``: option -> the values given).  No list of two or more values: ``("alpha", [default])``
+    with no sweep.  Problems: two knobs swept at once, or a knob swept for a method it does not belong to."""
+    swept = {k: v for k, v in lists.items() if k in SWEEP_KNOBS and len(v) > 1}
+    if not swept:
+        return "alpha", list(lists.get("alpha", [default])), []
+    if len(swept) > 1:
+        given = " and ".join(f"{_flag(k)} {','.join(f'{x:g}' for x in v)}" for k, v in swept.items())
+        return "", [], [f"{given}: a sweep varies one knob; give a list to one of them and one value to the others"]
+    knob, values = next(iter(swept.items()))
+    owners = SWEEP_KNOBS[knob]
+    if method not in owners:
+        own = next(_flag(k) for k, m in SWEEP_KNOBS.items() if method in m)
+        hint = f"sweep its own knob ({own} A,B,...)"
+        return knob, values, [f"{_flag(knob)} {','.join(f'{x:g}' for x in values)} sweeps an option of --method "
+                              f"{', '.join(owners)}, not {method}; choose --method {owners[0]} or {hint}"]
+    return knob, values, []
 
 
 def _is_int(value: Any) -> bool:

@@ -104,6 +104,20 @@ def method_knob(config: Any) -> tuple[str, float]:
     return "alpha", float(config.effective_alpha)
 
 
+def align_final(objective: Any, config: Any, trainer: Any, device: torch.device, dist: Any) -> dict[str, Any]:
+    """An align run's ``final``: the last evaluation, the method's knob (ORW's family: ``final_alpha``, alpha as it
+    ended - a W2 budget moves it; flow-grpo: ``kl_beta``; nft: ``nft_beta``), the running W2 term, skipped
+    rewards, steps and the budget (:func:`budget_figures`)."""
+    knob, value = method_knob(config)
+    final = {**trainer.last_eval, **({"final_alpha": objective.final_alpha()} if knob == "alpha" else {knob: value}),
+             "w2_bound_running": None if objective.w2_running is None else float(objective.w2_running),
+             "bad_rewards_skipped": objective.bad_total, "steps": trainer.step,
+             **budget_figures(objective.budget, device, dist)}
+    if dist.enabled:
+        final["ranks_in_sync"] = trainer.ranks_in_sync
+    return final
+
+
 def run_title(config: Any) -> str:
     """The title of a run's training-curve plot: the method and its own settings."""
     if config.method == "flow-grpo":

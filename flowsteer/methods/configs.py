@@ -110,15 +110,17 @@ class AlignConfig(FineTuneStart):
                                                          "where no label)")
     clip_range: float = option(0.01, metavar="EPS", gt=0, help="flow-grpo: the importance ratio is clipped to "
                                                                "[1-EPS, 1+EPS]")
-    kl_beta: float = option(0.0, metavar="BETA", ge=0, help="flow-grpo: weight of the KL of the policy's SDE steps to "
-                                                            "the reference's")
+    kl_beta: float = option(0.0, listed=True, metavar="BETA[,BETA...]", ge=0,
+                            help="flow-grpo: weight of the KL of the policy's SDE steps to the reference's; a list "
+                                 "like 0,0.004,0.04 runs a sweep")
     sde_noise: float = option(0.7, metavar="A", ge=0, help="flow-grpo: noise level of the SDE sampler, "
                                                            "g(t) = A sqrt((1-t)/t)")
     sde_window: int = option(0, metavar="W", ge=0, help="flow-grpo: only W consecutive steps (random start per round) "
                                                         "are stochastic and trained; 0 = every step")
     rollout_updates: int = option(2, metavar="U", ge=1, help="flow-grpo: optimiser steps on each round of rollouts")
-    nft_beta: float = option(1.0, metavar="BETA", gt=0, le=1, help="nft: v+ = (1-BETA) v_old + BETA v, "
-                                                                   "v- = (1+BETA) v_old - BETA v; in (0, 1]")
+    nft_beta: float = option(1.0, listed=True, metavar="BETA[,BETA...]", gt=0, le=1,
+                             help="nft: v+ = (1-BETA) v_old + BETA v, v- = (1+BETA) v_old - BETA v; in (0, 1]; a list "
+                                  "like 0.1,0.5,1 runs a sweep")
     eval_every: int = option(250, ge=0, on_resume="apply", help="steps between evaluations")
     eval_samples: int = option(512, ge=2, on_resume="apply", help="samples per evaluation")
     eval_solver: str = option("heun", choices=SOLVERS, on_resume="apply", help="solver of the evaluation samples")

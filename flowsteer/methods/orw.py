@@ -50,7 +50,7 @@ from ..runs import METRICS_FILE, REWARD_CURVE_PLOT, Run
 from ..solvers import integrate
 from ..training import StepOutput, Trainer
 from .baselines import BASELINE_OBJECTIVES
-from .budget import budget_figures, method_knob, run_title
+from .budget import align_final, run_title
 from .common import finish_run, fit, prepare_model, run_context, run_device, run_header, start_run_folder
 from .objective_base import AlignObjectiveBase
 from .configs import AlignConfig
@@ -341,12 +341,7 @@ def align(config: AlignConfig, out: str | Path | None, *, progress: str = "auto"
     trainer = fit(prepared.model, objective, config.train, generator=ctx.generator, out=out_dir,
                   run_config=run_config, progress=progress, desc=f"align:{config.method}", resume=resume,
                   evaluate=lambda t: {**evaluate(t), **budget.counts()}, eval_every=config.eval_every, dist=ctx.dist)
-    knob, value = method_knob(config)  # ORW's family: alpha as it ended (a W2 budget moves it); else its own knob
-    final = {**trainer.last_eval, **({"final_alpha": objective.final_alpha()} if knob == "alpha" else {knob: value}),
-             "w2_bound_running": None if objective.w2_running is None else float(objective.w2_running),
-             "bad_rewards_skipped": objective.bad_total, "steps": trainer.step, **budget_figures(budget, device, ctx.dist)}
-    if ctx.dist.enabled:
-        final["ranks_in_sync"] = trainer.ranks_in_sync
+    final = align_final(objective, config, trainer, device, ctx.dist)
     title = run_title(config)
     return finish_run(trainer, run_config, out_dir, spec=prepared.spec, final=final, dist=ctx.dist,
                       prompt_embeds=base.prompt_embeds,

@@ -238,14 +238,18 @@ def write_report(paths: list[Path], out: Path, *, title: str = "flowsteer report
 
     # 3. pareto plots of sweeps
     if sweeps:
-        parts.append("<h2 id='pareto'>Reward and diversity across alpha</h2>")
+        knobs = {str(sw.summary.get("knob", "alpha")) for sw in sweeps}
+        parts.append(f"<h2 id='pareto'>Reward and diversity across {'alpha' if knobs == {'alpha'} else 'each sweep’s knob'}"
+                     "</h2>")
         for i, sw in enumerate(sweeps):
-            points = [p for p in sw.summary.get("points", []) if "reward_mean" in p]
+            knob = str(sw.summary.get("knob", "alpha"))  # alpha, kl_beta (flow-grpo) or nft_beta (nft)
+            points = [p for p in sw.summary.get("points", []) if "reward_mean" in p and knob in p]
             if not points:
                 continue
             name = f"pareto-{i}.png"
-            save_pareto(points, img / name, title=f"{sw.label}: {sw.summary.get('method', '')} on {sw.summary.get('reward', '')}")
-            parts.append(figure(name, f"{sw.label}: mean reward against diversity, one point per alpha (training's "
+            save_pareto(points, img / name, knob=knob,
+                        title=f"{sw.label}: {sw.summary.get('method', '')} on {sw.summary.get('reward', '')}")
+            parts.append(figure(name, f"{sw.label}: mean reward against diversity, one point per {knob} (training's "
                                       "last evaluation)"))
 
     # 4. metric vs NFE
