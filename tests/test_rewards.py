@@ -82,3 +82,33 @@ def test_reward_errors(tmp_path):
         score(build_reward(f"python:{tmp_path / 'r.py'}:boom"), x)
     with pytest.raises(RewardError, match="needs 8x8"):
         score(build_reward("even-digits"), x)
+
+
+def test_gaussian_modes_reward_is_a_unit_bump_on_the_rewarded_modes_only():
+    """gaussian-modes:0,3,5 (issue 20's 8-Gaussian task): 1 at a rewarded centre, exp(-d^2 / (2 w^2)) elsewhere with
+    d the distance to the nearest rewarded centre, in [0, 1]; shares and held modes by nearest centre."""
+    import math
+
+    import numpy as np
+
+    from flowsteer.data import make_toy
+    from flowsteer.rewards.modes import BUMP_WIDTH, ModeReward, mode_centres, mode_shares
+
+    reward = build_reward("gaussian-modes:5,0,3")
+    assert isinstance(reward, ModeReward) and reward.modes == (0, 3, 5) and reward.name == "gaussian-modes:0,3,5"
+    c = mode_centres()
+    r = score(reward, c)
+    torch.testing.assert_close(r[[0, 3, 5]].float(), torch.ones(3))
+    d_neighbour = 2 * 2.0 * math.sin(math.pi / 8)  # chord between neighbouring modes
+    torch.testing.assert_close(float(r[1]), math.exp(-d_neighbour**2 / (2 * BUMP_WIDTH**2)), rtol=1e-5, atol=1e-7)
+    far = torch.tensor([[0.0, 0.0], [10.0, 10.0]])
+    assert float(score(reward, far).max()) < 1e-3 and float(score(reward, far).min()) >= 0
+    # the toy's samples land on their own modes: about 1/8 each, all three rewarded modes held
+    x = torch.as_tensor(make_toy("8gaussians", 8000, seed=1))
+    shares = mode_shares(x)
+    assert float(shares.sum()) == pytest.approx(1.0) and np.allclose(shares.numpy(), 1 / 8, atol=0.02)
+    assert reward.held(x) == 3
+    only_two = torch.cat([c[[0]].repeat(50, 1), c[[3]].repeat(45, 1), c[[5]].repeat(5, 1)])  # mode 5 holds 5 %
+    assert reward.held(only_two) == 2
+    with pytest.raises(RewardError, match="gaussian-modes:0,3,5"):
+        build_reward("gaussian-modes:9")

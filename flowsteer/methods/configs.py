@@ -76,7 +76,8 @@ class AlignConfig(FineTuneStart):
     """Settings of a reward fine-tuning run (ORW-CFM-W2 and its baselines; see :mod:`flowsteer.methods.orw`)."""
 
     reward: Any = option("", required=True, metavar="SPEC",
-                         help="even-digits, digits:0,2,4, jpeg-compressibility, jpeg-incompressibility, target:FILE.npy, "
+                         help="even-digits, digits:0,2,4, jpeg-compressibility, jpeg-incompressibility, gaussian-modes:0,3,5, "
+                              "target:FILE.npy, "
                               "clip:PROMPT[;contrast=TEXT][;model=DIR|HUB_ID] (extra: clip), python:MODULE:FUNCTION, "
                               "python:FILE.py:FUNCTION, or a weighted sum 0.5*A+0.5*B (in Python: also a callable)")
     method: str = option("orw-w2", choices=ALIGN_METHODS,

@@ -13,6 +13,7 @@ Built-ins are chosen by a spec string (see :func:`build_reward`)::
                             the independent judge classifier that measures every MNIST class histogram)
     jpeg-compressibility    minus the JPEG size in kB at quality 95 (DDPO's definition)
     jpeg-incompressibility  plus the JPEG size in kB
+    gaussian-modes:0,3,5    a bump of height 1 on those modes of the 8gaussians toy (in [0, 1]; rewards.modes)
     target:FILE.npy         minus the squared distance to a target point or image
     target:1.5,0.0          the same with the point written inline
     clip:PROMPT[;contrast=TEXT][;model=DIR]   CLIP score of images (extra: clip; see rewards.clip)

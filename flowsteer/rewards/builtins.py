@@ -173,6 +173,14 @@ def _single(spec: str) -> Any:
         return JpegSizeReward(-1.0)
     if spec == "jpeg-incompressibility":
         return JpegSizeReward(+1.0)
+    if name == "gaussian-modes":
+        from .modes import ModeReward
+
+        try:
+            return ModeReward(parse_classes(arg))
+        except Exception:
+            raise RewardError(f"cannot read modes in {spec!r}; write gaussian-modes:0,3,5 (modes 0..7 of 8gaussians)") \
+                from None
     if name == "target":
         return _load_target(spec)
     if name == "python":
@@ -183,7 +191,7 @@ def _single(spec: str) -> Any:
         return parse_clip_spec(arg)
     raise RewardError(
         f"unknown reward {spec!r}; use even-digits, digits:CLASSES, even-mnist, jpeg-compressibility, jpeg-incompressibility, "
-        "target:FILE.npy, clip:PROMPT, python:MODULE:FUNCTION, or a weighted sum like "
+        "gaussian-modes:0,3,5, target:FILE.npy, clip:PROMPT, python:MODULE:FUNCTION, or a weighted sum like "
         "0.5*even-digits+0.5*jpeg-compressibility"
     )
 
