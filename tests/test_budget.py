@@ -99,3 +99,14 @@ def test_budget_resumes_its_counts_and_time():
 def test_peak_memory_on_the_cpu_is_the_process_rss():
     mb, source = peak_memory(torch.device("cpu"))
     assert source == "process peak RSS (getrusage)" and 10 < mb < 1e6
+
+
+def test_evaluation_time_is_not_training_time():
+    import time
+
+    b = Budget()
+    b.start(torch.device("cpu"))
+    evaluate = b.evaluating(lambda trainer: (time.sleep(0.3), {"reward_mean": 1.0})[1])
+    b.scored(4)
+    assert evaluate(None) == {"reward_mean": 1.0, "reward_calls": 4, "model_evals": 0}
+    assert b.eval_seconds >= 0.3 and b.seconds() < 0.2

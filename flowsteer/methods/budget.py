@@ -5,7 +5,8 @@
   ``theta_old`` or the frozen reference - in rollouts (``n`` samples by a solver of ``K`` NFE count ``n K``)
   and in training (each call on a batch of ``n`` counts ``n``).  The evaluation samples of ``--eval-every``
   are not part of the budget and are not counted;
-* ``train_seconds``: wall time of training (from the Trainer's start to its end, summed over resumes);
+* ``train_seconds``: wall time of training (from the Trainer's start to its end, summed over resumes), less the
+  time spent in evaluations (:meth:`Budget.evaluating` times them);
 * ``peak_memory_mb``: on CUDA ``torch.cuda.max_memory_allocated`` of the run's device (its peak is reset when
   training starts); elsewhere the process's peak resident set size (``resource.getrusage``'s ``ru_maxrss``),
   a process-lifetime figure that includes whatever the process did before.  ``peak_memory_source`` says which.
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -34,6 +35,7 @@ class Budget:
         self.reward_calls = 0
         self.model_evals = 0
         self.seconds_before = 0.0  # training time of the run's earlier sessions (a resumed run)
+        self.eval_seconds = 0.0  # this session's time in evaluations, left out of the training time
         self._started: float | None = None
 
     def scored(self, n: int) -> None:
@@ -51,8 +53,18 @@ class Budget:
         self._started = time.perf_counter()
 
     def seconds(self) -> float:
-        running = time.perf_counter() - self._started if self._started is not None else 0.0
+        running = time.perf_counter() - self._started - self.eval_seconds if self._started is not None else 0.0
         return self.seconds_before + running
+
+    def evaluating(self, evaluate: Callable[[Any], dict[str, Any]]) -> Callable[[Any], dict[str, Any]]:
+        """``evaluate`` timed (its time is not training time) and with the counts so far added to its record."""
+        def timed(trainer: Any) -> dict[str, Any]:
+            start = time.perf_counter()
+            try:
+                return {**evaluate(trainer), **self.counts()}
+            finally:
+                self.eval_seconds += time.perf_counter() - start
+        return timed
 
     def counts(self) -> dict[str, int]:
         return {"reward_calls": self.reward_calls, "model_evals": self.model_evals}
@@ -66,7 +78,7 @@ class Budget:
         self.reward_calls, self.model_evals = int(state["reward_calls"]), int(state["model_evals"])
         self.seconds_before = float(state["seconds"])
         if self._started is not None:
-            self._started = time.perf_counter()
+            self._started, self.eval_seconds = time.perf_counter(), 0.0
 
 
 def peak_memory(device: torch.device) -> tuple[float, str]:

@@ -340,7 +340,7 @@ def align(config: AlignConfig, out: str | Path | None, *, progress: str = "auto"
     budget.start(device)
     trainer = fit(prepared.model, objective, config.train, generator=ctx.generator, out=out_dir,
                   run_config=run_config, progress=progress, desc=f"align:{config.method}", resume=resume,
-                  evaluate=lambda t: {**evaluate(t), **budget.counts()}, eval_every=config.eval_every, dist=ctx.dist)
+                  evaluate=budget.evaluating(evaluate), eval_every=config.eval_every, dist=ctx.dist)
     final = align_final(objective, config, trainer, device, ctx.dist)
     title = run_title(config)
     return finish_run(trainer, run_config, out_dir, spec=prepared.spec, final=final, dist=ctx.dist,
