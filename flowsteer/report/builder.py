@@ -14,6 +14,7 @@ from torch import Tensor
 from ..errors import RunFolderError
 from ..runs import CONFIG_FILE, METRICS_FILE, Run, load_run
 from .collect import ReportRun, collect_runs
+from .compare import comparison_section
 
 N_IMAGES, N_POINTS = 64, 1000
 
@@ -288,6 +289,7 @@ def write_report(paths: list[Path], out: Path, *, title: str = "flowsteer report
     if evaluated:
         parts.append(_table(evaluated, EVALUATION_COLUMNS, lambda r, k: _dig(r.evaluation, k), anchor="table-evaluate",
                             caption=_eval_caption(evaluated)))
+    parts.append(comparison_section(runs))  # 6. align methods side by side at one budget (when two or more counted)
 
     head = [f"<h1>{html.escape(title)}</h1>",
             opening_summary(runs, samples_anchor=samples_anchor, note=note),
