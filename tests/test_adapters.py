@@ -241,3 +241,19 @@ def test_clip_reward_errors(tmp_path):
         build_reward(f"clip:a cat;model={tmp_path / 'none'}")
     with pytest.raises(RewardError, match="cannot read option"):
         build_reward("clip:a cat;colour=red")
+
+
+@pytest.mark.parametrize("method, options", [("rwr", ["--rwr-samples", "8", "--refresh-every", "2"]),
+                                             ("flow-grpo", ["--group-size", "8"]),
+                                             ("nft", ["--group-size", "8", "--refresh-every", "2"])])
+def test_every_align_method_runs_on_a_prompt_conditioned_base(method, options, tiny, tmp_path):
+    """RWR's fixed sample set and the group methods carry the prompt's states (no class label): RWR used to
+    fail building its set (KeyError 'y') and trained without the prompt."""
+    out = tmp_path / method
+    r = cli("align", "--base", f"diffusers:{tiny['sd3']}", "--prompt", "a red cat", "--lora-rank", "4",
+            "--reward", f"clip:a red cat;model={tiny['clip']}", "--method", method, *options, "--out", str(out),
+            "--steps", "2", "--batch-size", "8", "--eval-samples", "8", "--eval-every", "0", "--rollout-steps", "2",
+            "--quiet")
+    assert r.returncode == 0, r.stderr
+    final = json.loads((out / "final_metrics.json").read_text())
+    assert final["reward_calls"] == (8 if method == "rwr" else 8 * (1 if method == "flow-grpo" else 2))

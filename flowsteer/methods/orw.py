@@ -178,7 +178,7 @@ class RewardWeightedObjective(AlignObjectiveBase):
             x, cond = self._rollout(self.reference, min(b, n - start), generator)
             r, valid = self._score(x, cond, 0)
             xs.append(x), rs.append(r), vs.append(valid)
-            if cond:
+            if "y" in cond:  # a class label (a prompt's states are the same for every sample)
                 ys.append(cond["y"])
         out = {"x": torch.cat(xs), "r": torch.cat(rs), "valid": torch.cat(vs)}
         if ys:
@@ -190,7 +190,8 @@ class RewardWeightedObjective(AlignObjectiveBase):
         b = self.cfg.train.batch_size
         if self.offline is not None:
             idx = torch.randint(0, self.offline["x"].shape[0], (b,), generator=generator, device=self.device)
-            cond = {"y": self.offline["y"][idx]} if "y" in self.offline else {}
+            cond = {**(self.condition(b) if self.condition is not None else {}),
+                    **({"y": self.offline["y"][idx]} if "y" in self.offline else {})}
             return self.offline["x"][idx], cond, self.offline["r"][idx], self.offline["valid"][idx]
         if self.policy is None:
             self.policy = LaggedPolicy(model)
