@@ -5,8 +5,9 @@
   ``theta_old`` or the frozen reference - in rollouts (``n`` samples by a solver of ``K`` NFE count ``n K``)
   and in training (each call on a batch of ``n`` counts ``n``).  The evaluation samples of ``--eval-every``
   are not part of the budget and are not counted;
-* ``train_seconds``: wall time of training (from the Trainer's start to its end, summed over resumes), less the
-  time spent in evaluations (:meth:`Budget.evaluating` times them);
+* ``train_seconds``: wall time of training - from the objective's construction (so RWR's fixed sample set,
+  scored there, counts) to the end of the Trainer, summed over resumes - less the time spent in evaluations
+  (:meth:`Budget.evaluating` times them);
 * ``peak_memory_mb``: on CUDA ``torch.cuda.max_memory_allocated`` of the run's device (its peak is reset when
   training starts); elsewhere the process's peak resident set size (``resource.getrusage``'s ``ru_maxrss``),
   a process-lifetime figure that includes whatever the process did before.  ``peak_memory_source`` says which.

@@ -30,5 +30,6 @@ class AlignObjectiveBase:
         self.bad_total = 0
         self.w2_running: Tensor | None = None
         self.budget = Budget()
+        self.budget.start(self.device)  # from here: RWR's fixed sample set, made below by its objective, is training
         for p in reference.parameters():
             p.requires_grad_(False)

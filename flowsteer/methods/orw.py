@@ -338,7 +338,6 @@ def align(config: AlignConfig, out: str | Path | None, *, progress: str = "auto"
     out_dir = Path(out) if out is not None else None
     start_run_folder(out_dir, base.prompt_embeds, ctx.dist)
     budget = objective.budget  # reward calls and model evaluations, logged with each evaluation and in `final`
-    budget.start(device)
     trainer = fit(prepared.model, objective, config.train, generator=ctx.generator, out=out_dir,
                   run_config=run_config, progress=progress, desc=f"align:{config.method}", resume=resume,
                   evaluate=budget.evaluating(evaluate), eval_every=config.eval_every, dist=ctx.dist)
