@@ -1,15 +1,19 @@
 """ORW-CFM-W2 against the field's baselines at one reward-call budget, with small stated tuning sweeps (issue 20).
 
-Full runs (one process on an otherwise idle machine; times extrapolated from the --quick runs on 2 CPU cores at
-one torch thread, docs/results.md; on a GPU they are shorter):
+Full runs (one process at a time on an otherwise idle machine).  Durations are rough CPU estimates (one torch
+thread), extrapolated from the --quick runs and the per-step times of docs/results.md (ORW-CFM-W2 0.052 s/step
+at batch 256 on digits); not measured at full size:
 
-    python benchmarks/baselines.py --task digits --out runs/baselines      # about 2.5 h (16 runs of 300 steps)
-    python benchmarks/baselines.py --task 8gaussians --out runs/baselines  # about 25 min
-    python benchmarks/baselines.py --task sd3-tiny --out runs/baselines    # about 40 min
-    python benchmarks/baselines.py --task cost --out runs/baselines        # about 15 min
-    flowsteer report runs/baselines/digits                                 # the comparison section of the report
+    python benchmarks/baselines.py --task digits --out runs/baselines      # ~35 min: 16 runs of 1500 steps (flow-grpo 3000)
+    python benchmarks/baselines.py --task 8gaussians --out runs/baselines  # ~15 min: 16 runs of 1500 steps (flow-grpo 3000)
+    python benchmarks/baselines.py --task sd3-tiny --out runs/baselines    # ~15 min: 16 LoRA runs of 200 steps (flow-grpo 400)
+    python benchmarks/baselines.py --task cost --out runs/baselines        # ~10 min: 18 processes of 40 steps
+    flowsteer report runs/baselines/digits --out runs/baselines/report     # the "Methods at one budget" section
 
-Smoke runs: add ``--quick`` (budgets shrunk about 30x, 256 evaluation samples; each task well under 3 min).
+(``--base runs/digits`` reuses the digits base of ``make reproduce`` instead of pretraining one for 4000 steps.)
+
+Smoke runs: add ``--quick`` (budgets of 2560 reward calls, 64 for sd3-tiny; 256 evaluation samples).  Measured
+here (2 shared CPU cores, one thread): digits 0.4 min, 8gaussians 0.3 min, sd3-tiny 0.6 min, cost 1.8 min.
 
 Tasks (every method starts from the same base, scores with the same reward and spends the same number of reward
 calls, ``--reward-calls``; RWR scores its fixed set of ``min(4096, budget)`` reference samples once and then
