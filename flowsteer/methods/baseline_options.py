@@ -52,7 +52,7 @@ def sweep_of(method: str, lists: dict[str, list[Any]], default: float) -> tuple[
         own = next(_flag(k) for k, m in SWEEP_KNOBS.items() if method in m)
         hint = f"sweep its own knob ({own} A,B,...)"
         return knob, values, [f"{_flag(knob)} {','.join(f'{x:g}' for x in values)} sweeps an option of --method "
-                              f"{', '.join(owners)}, not {method}; choose --method {owners[0]} or {hint}"]
+                              f"{', '.join(m for m in owners if m != 'orw')}, not {method}; choose --method {owners[0]} or {hint}"]
     return knob, values, []
 
 
