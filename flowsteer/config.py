@@ -19,6 +19,8 @@ from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any
 
+# Brownian-bridge paths are trained at t <= 1 - BRIDGE_EPS (flowsteer.paths, flowsteer.solvers)
+BRIDGE_EPS = 0.01
 SOLVERS = ("euler", "heun", "midpoint", "euler-maruyama", "dopri5")
 COUPLINGS = ("independent", "ot", "sinkhorn")
 MODEL_KINDS = ("mlp", "unet")

@@ -13,6 +13,8 @@ they are reported (``metrics.jsonl``, ``final_metrics.json``, ``evaluation.json`
 ``w2_to_target``            W2 to held-out target samples
 ``fd_to_target``            Frechet distance to them on :func:`frechet_features`
 ``path_length``             mean path length of 100 Euler steps (model units; ``straightness`` too)
+``memorised_share``         share of samples nearer a training target than the targets' median
+                            nearest-neighbour distance (``adapt`` with ``--n-target``)
 ==========================  ==================================================================
 
 A figure measured at ``k`` solver steps during training is named ``NAME_nfeK`` (``w2_to_target_nfe4``).
@@ -30,7 +32,8 @@ from torch import Tensor, nn
 
 from .errors import TrainingStopped
 from .interrupts import interruptible
-from .metrics import class_histogram, entropy, frechet_distance, mean_pairwise_distance, path_metrics, wasserstein2
+from .metrics import (class_histogram, entropy, frechet_distance, mean_pairwise_distance, memorised_share, path_metrics,
+                      wasserstein2)
 from .models.weights import swapped_weights
 from .rewards.classifier import digit_logits
 from .rewards.protocol import classify, nonfinite_error, num_classes as class_count, score
@@ -166,16 +169,22 @@ class AlignEvaluator:
 class AdaptEvaluator:
     """``adapt``'s evaluation: ``w2_to_target`` and ``fd_to_target`` per NFE, path length and straightness.
 
+    At the largest NFE also the diversity figures: ``memorised_share`` against ``targets`` (when given) and,
+    for 8x8 digits, ``class_entropy`` / ``class_histogram`` of the digit classifier's labels (10 classes).
+
     Args:
         heldout: held-out target samples (data units); ``n`` of them are kept.
         decode, shape, sigma: as for :class:`AlignEvaluator`.  nfes: Euler (or Euler-Maruyama) step counts.
         condition: conditions every sample gets (a text-conditioned base's prompt states), or None.
+        targets: the training targets (data units) for ``memorised_share``, or None.
+        paths: also measure ``path_length`` and ``straightness`` (sigma = 0; 100 more steps per evaluation).
     """
 
     def __init__(self, heldout: Tensor, *, decode: Callable[[Tensor], Tensor], shape: tuple[int, ...], sigma: float,
                  n: int, nfes: tuple[int, ...], condition: Callable[[int], dict[str, Tensor]] | None = None,
-                 device: torch.device | None = None) -> None:
-        self.decode, self.sigma, self.nfes = decode, sigma, tuple(nfes)
+                 device: torch.device | None = None, targets: Tensor | None = None, paths: bool = True) -> None:
+        self.decode, self.sigma, self.nfes, self.paths = decode, sigma, tuple(nfes), paths
+        self.targets = targets.detach().cpu() if targets is not None and targets.shape[0] >= 2 else None
         self.device = torch.device(device or "cpu")
         g = torch.Generator().manual_seed(2024)
         n = min(n, heldout.shape[0])
@@ -192,8 +201,22 @@ class AdaptEvaluator:
             for nfe in self.nfes:
                 res = integrate(model, self.x0, solver=solver, steps=nfe, sigma=self.sigma, cond=self.cond,
                                 generator=torch.Generator(device=self.device).manual_seed(7))
-                figures = self.metrics(self.decode(res.x), diversity=False)
+                x = self.decode(res.x)
+                figures = self.metrics(x, diversity=False)
+                if nfe == max(self.nfes):
+                    figures.update(self.diversity(x))
                 out.update({nfe_name(k, nfe): v for k, v in figures.items()})
-            if self.sigma == 0:
+            if self.sigma == 0 and self.paths:
                 out.update(path_metrics(model, self.x0, cond=self.cond))
+        return out
+
+    def diversity(self, x: Tensor) -> dict[str, Any]:
+        """``memorised_share`` (with training targets) and the digit classes of 8x8 samples ``x`` (data units)."""
+        out: dict[str, Any] = {}
+        if self.targets is not None:
+            out["memorised_share"] = memorised_share(x, self.targets)
+        if tuple(x.shape[1:]) == (1, 8, 8):
+            hist = class_histogram(digit_logits(x).argmax(dim=1), 10)
+            out["class_histogram"] = [round(float(v), 4) for v in hist]
+            out["class_entropy"] = entropy(hist)
         return out

@@ -5,7 +5,7 @@
 * :func:`mean_pairwise_distance` - diversity: mean L2 distance over distinct pairs.
 * :func:`class_histogram`, :func:`entropy`, :func:`total_variation` - for
   classifier-labelled samples.
-* :func:`frechet_distance`, :func:`path_metrics`, :func:`stability` - GFT's metrics.
+* :func:`frechet_distance`, :func:`path_metrics`, :func:`stability`, :func:`memorised_share` - GFT's metrics.
 """
 
 from __future__ import annotations
@@ -66,6 +66,26 @@ def entropy(p: np.ndarray) -> float:
 def total_variation(p: np.ndarray, q: np.ndarray) -> float:
     """``TV(p, q) = 1/2 sum |p - q|``."""
     return float(0.5 * np.abs(np.asarray(p) - np.asarray(q)).sum())
+
+
+def memorised_share(samples: Tensor | np.ndarray, targets: Tensor | np.ndarray) -> float:
+    """Share of ``samples`` closer to their nearest training target than the targets are to each other.
+
+    The threshold is the median, over the ``M`` targets, of each target's distance to its nearest *other*
+    target; a sample counts as memorised when its distance to its nearest target is below it.  A model
+    that copies its targets scores 1; samples as spread as fresh draws from the target law score about
+    one half or less (a fresh draw's nearest-target distance is about a target's nearest-neighbour distance).
+
+    Args:
+        samples: ``[N, *D]``.  targets: ``[M, *D]`` training targets, ``M >= 2``.
+    """
+    x, y = torch.from_numpy(_flat64(samples)), torch.from_numpy(_flat64(targets))
+    if y.shape[0] < 2:
+        raise ValueError(f"memorised_share needs at least 2 targets, got {y.shape[0]}")
+    d_yy = torch.cdist(y, y)
+    d_yy.fill_diagonal_(float("inf"))
+    threshold = d_yy.min(dim=1).values.median()  # torch's median: the lower middle value for even M
+    return float((torch.cdist(x, y).min(dim=1).values < threshold).double().mean())
 
 
 def frechet_distance(a: Tensor | np.ndarray, b: Tensor | np.ndarray) -> float:

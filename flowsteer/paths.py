@@ -16,7 +16,8 @@ on the conditional path and the regression target the network learns there.
   blows up as t -> 1 (its conditional variance is ``sigma^2 t / (1 - t)``), so
   **our choice** is to clip training times to ``t <= 1 - eps`` (``eps`` = 0.01
   by default).  The marginal drift is unchanged on ``[0, 1 - eps]``; samplers
-  integrate to ``t = 1`` and take their last step without noise (the bridge is
+  integrate to ``t = 1``, never ask the network at ``t > 1 - eps`` (past it they follow
+  the bridge to the end point the network predicts at ``1 - eps``) and take their last step without noise (the bridge is
   pinned at t = 1), see :mod:`flowsteer.solvers`.
 
 Shapes: ``x0``, ``x1`` are ``[B, *D]``; ``t`` is ``[B]``; every tensor in a
@@ -32,7 +33,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from .config import TIME_SAMPLERS
+from .config import BRIDGE_EPS, TIME_SAMPLERS
 from .errors import ConfigError
 
 
@@ -100,7 +101,7 @@ class BrownianBridgePath:
     target: the SDE drift ``(x1 - x_t) / (1 - t)``.
     """
 
-    def __init__(self, sigma: float, *, eps: float = 0.01) -> None:
+    def __init__(self, sigma: float, *, eps: float = BRIDGE_EPS) -> None:
         if not sigma > 0:
             raise ConfigError(f"Brownian bridge needs sigma > 0, got {sigma}; use the linear path for sigma = 0")
         if not 0 < eps < 1:
@@ -131,7 +132,7 @@ def _check_ends(x0: Tensor, x1: Tensor, t: Tensor) -> None:
         raise ValueError(f"t must have shape [B] = [{x0.shape[0]}], got {tuple(t.shape)}")
 
 
-def build_path(sigma: float = 0.0, *, eps: float = 0.01) -> ProbabilityPath:
+def build_path(sigma: float = 0.0, *, eps: float = BRIDGE_EPS) -> ProbabilityPath:
     """The linear path for ``sigma == 0``, a Brownian bridge otherwise."""
     if sigma < 0:
         raise ConfigError(f"sigma must be >= 0, got {sigma}")

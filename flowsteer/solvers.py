@@ -13,6 +13,18 @@ SDE: ``euler-maruyama`` ``x += h b(t, x) + sigma sqrt(h) xi``; **our choice**: t
 last step adds no noise, because the Brownian bridge the drift was trained on
 is pinned at t = 1 (with sigma -> 0 it equals ``euler`` exactly).
 
+The bridge drift ``b = (E[x1 | x_t] - x_t) / (1 - t)`` grows like ``1 / (1 - t)``, so a
+network is trained only at ``t <= 1 - eps`` (:class:`~flowsteer.paths.BrownianBridgePath`).
+**Our choice** for sampling past that time (``t > 1 - eps``, only reached with more than
+``1 / eps`` steps): at the first such grid time the network is asked once, at ``t_c = 1 - eps``,
+for its prediction of the end point ``x1_hat = x + (1 - t_c) b(t_c, x)``, and the sampler then
+follows the Brownian bridge to that point (drift ``(x1_hat - x) / (1 - t)``, still with noise
+except on the last step, so it ends exactly on ``x1_hat``).  This is the exact drift for a
+point-mass target; in general it replaces the last ``eps`` of the path by its posterior mean, and
+the network is never evaluated at a time it was not trained on.  (Re-asking the network at
+``t_c`` on every step instead is unstable: ``x1_hat`` is not a fixed point of the map, and the
+``1 / (1 - t)`` factor amplifies the mismatch as the steps shrink.)
+
 Adaptive: ``dopri5`` through :func:`torchdiffeq.odeint` (rtol/atol).
 
 Shapes: ``x0`` is ``[B, *D]``; the model is called as ``model(t, x, **cond)``
@@ -21,7 +33,7 @@ with ``t`` of shape ``[B]``.
 
 from __future__ import annotations
 
-from .config import SOLVERS  # noqa: F401 (re-exported)
+from .config import BRIDGE_EPS, SOLVERS  # noqa: F401 (re-exported)
 
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
@@ -86,9 +98,11 @@ def _fixed_step(
     sigma: float,
     return_trajectory: bool,
     generator: torch.Generator | None,
+    bridge_eps: float | None = None,
 ) -> SampleResult:
     times = torch.linspace(t0, t1, steps + 1, dtype=torch.float64, device="cpu")  # host floats for the loop
     traj = [x] if return_trajectory else None
+    x1_hat = None  # euler-maruyama past t = 1 - bridge_eps: the network's end point, asked once
     for k in range(steps):
         t, t_next = float(times[k]), float(times[k + 1])
         h = t_next - t
@@ -102,7 +116,12 @@ def _fixed_step(
             k2 = field(t_next, x + h * k1)
             x = x + (h / 2) * (k1 + k2)
         elif method == "euler-maruyama":
-            x = x + h * field(t, x)
+            if bridge_eps is not None and t > 1 - bridge_eps:  # past the trained times (module doc)
+                if x1_hat is None:
+                    x1_hat = x + bridge_eps * field(1 - bridge_eps, x)
+                x = x + (h / (1 - t)) * (x1_hat - x)
+            else:
+                x = x + h * field(t, x)
             if sigma > 0 and k < steps - 1:
                 # drawn where the generator lives (a run's device generator, or a CPU one for device-independent
                 # sampling), then placed with x
@@ -160,6 +179,7 @@ def integrate(
     generator: torch.Generator | None = None,
     rtol: float = 1e-5,
     atol: float = 1e-5,
+    bridge_eps: float | None = BRIDGE_EPS,
 ) -> SampleResult:
     """Integrate a velocity (or drift) model from ``t0`` to ``t1``.
 
@@ -175,6 +195,10 @@ def integrate(
         return_trajectory: also return the states at every grid time.
         generator: RNG for the Brownian increments of ``euler-maruyama``.
         rtol, atol: tolerances of ``dopri5``.
+        bridge_eps: ``euler-maruyama`` with ``sigma > 0`` treats the model as a Brownian-bridge drift
+            trained at ``t <= 1 - bridge_eps`` and, past that time, follows the bridge to the end point
+            the model predicts there (module doc; one NFE for those steps); None turns this off (a
+            general SDE drift, asked at every grid time).
 
     Returns:
         :class:`SampleResult` with the final state and the NFE spent.
@@ -193,6 +217,7 @@ def integrate(
     return _fixed_step(
         field, x0, method=solver, steps=steps, t0=t0, t1=t1, sigma=sigma,
         return_trajectory=return_trajectory, generator=generator,
+        bridge_eps=bridge_eps if solver == "euler-maruyama" and sigma > 0 else None,
     )
 
 

@@ -118,7 +118,8 @@ def adapt(config: AdaptConfig, out: str | Path | None, *, progress: str = "auto"
                              divide=config.divide, condition=condition)
     if evaluate is None:
         evaluate = AdaptEvaluator(heldout, decode=base.decode, shape=base.shape, sigma=sigma, n=config.eval_samples,
-                                  nfes=config.eval_nfes, condition=condition, device=device)
+                                  nfes=config.eval_nfes, condition=condition, device=device,
+                                  targets=target if config.n_target is not None else None)
     run_config = run_header(
         "adapt", prepared.spec, {**asdict(config), "eval_nfes": list(config.eval_nfes)}, config.train.seed, device=device,
         adapt_method=config.method, base=base_name(config.base), data=base.config["data"],
