@@ -140,6 +140,29 @@ def test_importance_ratio_is_exactly_one_before_the_first_update(precision):
     assert not torch.equal(obj.last_ratio, torch.ones_like(obj.last_ratio))
 
 
+def test_flow_grpo_divergence_monitor_is_scale_free_and_sees_exploding_ratios():
+    """The clipped surrogate starts at 0 (mean-zero advantages, ratio 1), so the divergence check (10^4 times the
+    first value) must not watch it: a healthy later |loss| of 0.03 would read as diverged (it stopped a full
+    8-Gaussian run at step 1435).  The monitor is 1 + E[|A| |log r|]: exactly 1 on policy, and it grows with the
+    log-ratios when the policy runs away from its rollouts."""
+    from flowsteer.step_checks import DIVERGENCE_FACTOR, StepChecks
+
+    model = _net()
+    obj = _grpo(model, copy.deepcopy(model), sde_window=3, rollout_updates=2)
+    out = obj.loss(model, step=0, generator=torch.Generator().manual_seed(1))
+    assert abs(out.loss.item()) < 1e-6 and out.monitor.item() == 1.0
+    checks = StepChecks(max_bad_steps=3)
+    for step, later in enumerate([out.monitor, torch.tensor(1.5), torch.tensor(1.9), torch.tensor(1.2)]):
+        checks.add(step, torch.tensor(0.03), torch.tensor(1.0), later)
+    checks.settle(None, None)
+    assert checks.in_row == 0
+    with torch.no_grad():  # run the policy away from the round's rollouts: the ratios, and the monitor, explode
+        for p in model.parameters():
+            p.mul_(25.0)
+    runaway = obj.loss(model, step=1, generator=torch.Generator().manual_seed(1))
+    assert runaway.monitor.item() > DIVERGENCE_FACTOR * out.monitor.item()
+
+
 def test_kl_term_is_zero_at_the_reference_and_the_closed_form_elsewhere():
     model = _net()
     obj = _grpo(model, copy.deepcopy(model), kl_beta=0.5)

@@ -91,14 +91,16 @@ class FlowGRPOObjective(GroupedOnlineObjective):
         times, hs, cs, stds = (v.index_select(0, rd["idx"]) for v in (g.times[:-1], g.h, g.c, g.std))
         width = int(rd["idx"].shape[0])  # a shape, not a device read
         self.budget.forward(rd["states"].shape[1], width * (2 if cfg.kl_beta > 0 else 1))  # policy (and reference)
-        ratios, kls, policy_terms = [], [], []
+        ratios, log_ratios, kls, policy_terms = [], [], [], []
         for j in range(width):
             x, x_next = rd["states"][j], rd["states"][j + 1]
             mean = sde_step_mean(x, call_velocity(model, times[j], x, rd["cond"]), times[j], hs[j], cs[j])
             log_prob = gaussian_log_prob(x_next, mean, stds[j])
-            ratio = torch.exp(log_prob - rd["old_log_probs"][j])
+            log_ratio = log_prob - rd["old_log_probs"][j]
+            ratio = torch.exp(log_ratio)
             policy_terms.append(clipped_policy_loss(rd["adv"], ratio, cfg.clip_range))
             ratios.append(ratio.detach())
+            log_ratios.append(log_ratio.detach())
             if cfg.kl_beta > 0:
                 with torch.no_grad():
                     ref_mean = sde_step_mean(x, call_velocity(self.reference, times[j], x, rd["cond"]), times[j],
@@ -117,7 +119,11 @@ class FlowGRPOObjective(GroupedOnlineObjective):
             metrics["kl"] = torch.stack(kls).detach().mean()
         if cfg.on_bad_reward == "skip":
             metrics["bad_rewards"] = (~rd["valid"]).sum().float()
-        return StepOutput(loss=loss, metrics=metrics)
+        # The clipped surrogate starts at 0 by construction (advantages have mean 0, ratios are 1), so a multiple of
+        # its first value means nothing; the divergence check watches 1 + E[|A| |log r|] (+ beta KL) instead: 1 on
+        # policy, above 10^4 only when the policy runs away from its own rollouts (ratios to 0 or to infinity).
+        monitor = 1 + (rd["adv"].abs() * torch.stack(log_ratios).abs()).mean() + (cfg.kl_beta * metrics["kl"] if kls else 0.0)
+        return StepOutput(loss=loss, metrics=metrics, monitor=monitor)
 
     # -- state for resume -------------------------------------------------------
 
