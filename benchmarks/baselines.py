@@ -183,7 +183,6 @@ def steps_for(fields: dict, calls: int, batch: int) -> int:
 def run_method(task: Task, name: str, budget: dict, out: Path) -> list[dict]:
     from flowsteer.config import align_train_defaults
     from flowsteer.methods.configs import AlignConfig
-    from flowsteer.methods.orw import align
     from flowsteer.methods.sweep import sweep_run_dir, write_sweep_summary
 
     fields, knob, values = METHODS[name]
@@ -202,7 +201,7 @@ def run_method(task: Task, name: str, budget: dict, out: Path) -> list[dict]:
         cfg = AlignConfig(base=task.base, reward=task.reward, train=train, **fields, **extra, **setting)
         assert not cfg.validate(), cfg.validate()
         where = sweep_run_dir(out / name, value, knob) if knob else out / name
-        run = align(cfg, where, progress="quiet")
+        run = finished_or_new(cfg, where)
         folders.append(where)
         f = run.config["final"]
         row = {"method": name, "knob": knob, "value": value, "run": str(where), "steps": steps,
@@ -215,6 +214,23 @@ def run_method(task: Task, name: str, budget: dict, out: Path) -> list[dict]:
     if knob:
         write_sweep_summary(out / name, folders, knob=knob)
     return rows
+
+
+def finished_or_new(cfg, where: Path):
+    """The run in ``where``: reloaded when an earlier call of this benchmark finished it (its ``final_metrics.json``
+    exists), else trained afresh - an unfinished folder of an interrupted call is this benchmark's own and is removed."""
+    import shutil
+
+    from flowsteer.methods.orw import align
+    from flowsteer.runs import load_run
+
+    if (where / "final_metrics.json").exists():
+        print(f"reusing the finished run {where}", flush=True)
+        return load_run(where)
+    if where.exists():
+        print(f"removing the unfinished run {where} of an interrupted call", flush=True)
+        shutil.rmtree(where)
+    return align(cfg, where, progress="quiet")
 
 
 def choose(rows: list[dict], task: Task) -> dict:
