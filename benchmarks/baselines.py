@@ -182,6 +182,7 @@ def steps_for(fields: dict, calls: int, batch: int) -> int:
 
 def run_method(task: Task, name: str, budget: dict, out: Path) -> list[dict]:
     from flowsteer.config import align_train_defaults
+    from flowsteer.errors import TrainingStopped
     from flowsteer.methods.configs import AlignConfig
     from flowsteer.methods.sweep import sweep_run_dir, write_sweep_summary
 
@@ -201,7 +202,13 @@ def run_method(task: Task, name: str, budget: dict, out: Path) -> list[dict]:
         cfg = AlignConfig(base=task.base, reward=task.reward, train=train, **fields, **extra, **setting)
         assert not cfg.validate(), cfg.validate()
         where = sweep_run_dir(out / name, value, knob) if knob else out / name
-        run = finished_or_new(cfg, where)
+        try:
+            run = finished_or_new(cfg, where)
+        except TrainingStopped as err:  # a setting that diverges is a result of the sweep, not a crash of the benchmark
+            rows.append({"method": name, "knob": knob, "value": value, "run": str(where), "steps": steps,
+                         "diverged": str(err).split(";")[0]})
+            print(json.dumps(rows[-1]), flush=True)
+            continue
         folders.append(where)
         f = run.config["final"]
         row = {"method": name, "knob": knob, "value": value, "run": str(where), "steps": steps,
@@ -211,7 +218,7 @@ def run_method(task: Task, name: str, budget: dict, out: Path) -> list[dict]:
                "seconds_per_1000_reward_calls": round(1000 * f["train_seconds"] / max(f["reward_calls"], 1), 2)}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    if knob:
+    if knob and folders:
         write_sweep_summary(out / name, folders, knob=knob)
     return rows
 
@@ -234,7 +241,11 @@ def finished_or_new(cfg, where: Path):
 
 
 def choose(rows: list[dict], task: Task) -> dict:
-    """The stated rule: highest reward among the settings whose diversity clears the floor, else the most diverse."""
+    """The stated rule: highest reward among the settings whose diversity clears the floor, else the most diverse
+    (settings that diverged are out)."""
+    rows = [r for r in rows if "diverged" not in r]
+    if not rows:
+        return {"method": "?", "knob": None, "value": None, "diverged": "every setting diverged", "cleared_floor": False}
     ok = [r for r in rows if r[task.diversity] >= task.floor]
     best = max(ok, key=lambda r: r["reward"]) if ok else max(rows, key=lambda r: r[task.diversity])
     return {**best, "cleared_floor": bool(ok)}
@@ -252,7 +263,7 @@ def run_task(args: argparse.Namespace) -> None:
     for name in args.methods.split(","):
         mine = run_method(task, name, budget, out)
         rows += mine
-        chosen.append(choose(mine, task))
+        chosen.append({**choose(mine, task), "method": name})
     skip = ("value", "steps", *(() if torch.cuda.is_available() else ("peak_memory_mb",)))  # CPU: the running RSS
     keys = [k for k, v in chosen[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in skip]
     print(f"\nchosen per method ({task.diversity} floor {task.floor:g}; * = none cleared it):\n"
@@ -261,7 +272,8 @@ def run_task(args: argparse.Namespace) -> None:
     for r in chosen:
         setting = f"{r['knob']}={r['value']:g}" if r["knob"] else "-"
         print(f"| {r['method']}{'' if r['cleared_floor'] else ' *'} | {setting} | "
-              + " | ".join(f"{r[k]:.4g}" if isinstance(r[k], float) else str(r[k]) for k in keys) + " |")
+              + " | ".join(f"{r[k]:.4g}" if isinstance(r.get(k), float) else str(r.get(k, "diverged")) for k in keys)
+              + " |")
     seconds = time.perf_counter() - start
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps({
