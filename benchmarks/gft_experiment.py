@@ -1,14 +1,30 @@
-"""GFT vs SFT experiment of issue 4: two shifts x {full, 64 target samples} x {sft, gft} x {independent, ot} x 3 seeds.
+"""GFT against SFT for deterministic (sigma = 0) and stochastic (sigma > 0) flows, and the paper's four claims (issue 16).
 
-    python benchmarks/gft_experiment.py [--out runs/gft-exp] [--workers 2]
+    python benchmarks/gft_experiment.py [--out runs/gft-exp] [--workers 2] [--sigma S]     # the experiment, <= 25 min
+    python benchmarks/gft_experiment.py --tune-sigma 0.1,0.3,1.0 [--out runs/gft-tune]     # how S was chosen
+    python benchmarks/gft_experiment.py --mnist ...                                      # adds MNIST 0-4 -> 5-9
 
-Shifts: 8 Gaussians -> moons (bases pretrained with the CLI defaults) and digits 0-4 -> digits 5-9.
-Each run is `adapt()` with the defaults except the steps (moons 1500, digits 1000) and
-eval_every = steps / 4.  It reports W2 and Frechet distance to held-out target samples at NFE
-{1, 2, 4, 8, 50} (Euler), path length and straightness (100 Euler steps), and stability: the std of
-W2@50 over the last 3 evaluations and its Spearman correlation with the step.  It also computes, per
-shift, the smallest path ratio any target-reaching model can show (see ideal_path_lengths).  Writes OUT/results.json
-and prints a table of mean +- std over seeds.
+Grid: 2 shifts (8 Gaussians -> moons, 1500 steps; digits 0-4 -> 5-9, 1000 steps) x sigma in {0, S} x
+{full, 64 targets} x {sft, gft} x {independent, ot} x 3 seeds = 96 `adapt()` runs with the adapt defaults
+otherwise (lr 1e-3, batch 256; GFT: geometric schedule from tau 10 in 4 stages, the last 25 % at tau = 0).
+Bases are `pretrain()` with the CLI defaults and `--sigma`.  Plus the learning-rate check: digits, full
+targets, seed 0, every (sigma, method, coupling) cell at lr x3 and x10 (16 runs).
+
+Each run is evaluated on 500 held-out target samples at 50 solver steps (Euler for sigma = 0, Euler-Maruyama
+otherwise; the same noise every time) every 10 % of its steps and every 5 % in the final tau = 0 phase, and
+at the end on 1000 at NFE 1, 2, 4, 8, 50 (the quality figures).  Speed and stability read the 500-sample series.
+The figures and their definitions (docs/results.md, "GFT on stochastic flows"):
+
+* quality: FD (digit-classifier features on digits, coordinates on 2-D) and W2 to held-out targets per NFE;
+* stability: the seed-to-seed std of FD@50 and W2@50 at each evaluation inside the final tau = 0 phase
+  (after 75 % of the steps: 5 evaluations), averaged over them; the within-run std over the same
+  evaluations; and the learning-rate check: runs that diverge or end > 20 % worse in FD@50 than at lr x1;
+* training speed: the first evaluation from which FD@50 stays within 10 % of the run's final FD@50, as a
+  share of the run's steps;
+* diversity (64 targets): `memorised_share` at NFE 50 (held-out target samples score the floor, printed),
+  and for digits the class entropy of the digit classifier's labels (uniform over 5-9: ln 5 = 1.609).
+
+Writes OUT/results.json and prints the tables that docs/results.md quotes.
 """
 
 from __future__ import annotations
@@ -16,6 +32,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import time
 from multiprocessing import Pool
 from pathlib import Path
@@ -23,26 +40,97 @@ from pathlib import Path
 import numpy as np
 
 SHIFTS = {"8g->moons": ("8gaussians", "moons", 1500), "digits0-4->5-9": ("digits:0-4", "digits:5-9", 1000)}
+MNIST_SHIFT = {"mnist0-4->5-9": ("mnist:0-4", "mnist:5-9", 1000)}
+NFES = (1, 2, 4, 8, 50)
+EVAL_SHARE = 20  # evaluations per run (every 5 % of the steps)
+FINAL_PHASE = 0.75  # the adapt default final_fraction 0.25: tau = 0 after 75 % of the steps
+LR_MULTIPLIERS = (3, 10)
 
 
-def one_run(job):
-    """One adapt() run in memory; its final metrics include the stability figures (std, Spearman of W2@50)."""
+class Evaluator:
+    """FD@50 and W2@50 on 500 samples every 10 % of the steps and every 5 % in the final tau = 0 phase (the history
+    that speed and stability read); at the last step also every NFE, paths and diversity on 1000 samples."""
+
+    def __init__(self, base_dir: str, target: str, n_target: int | None, steps: int) -> None:
+        from flowsteer.data import load_data
+        from flowsteer.evaluators import AdaptEvaluator
+        from flowsteer.runs import load_run
+
+        base = load_run(base_dir)
+        data = load_data(target, normalize="none")
+        targets = data.train.x
+        if n_target is not None:  # the same selection as adapt's (flowsteer.methods.gft._target_samples)
+            import torch
+            targets = targets[torch.randperm(len(targets), generator=torch.Generator().manual_seed(0))[:n_target]]
+        common = dict(decode=base.decode, shape=base.shape, sigma=base.sigma)
+        self.during = AdaptEvaluator(data.heldout.x, nfes=(50,), n=500, paths=False, **common)
+        self.final = AdaptEvaluator(data.heldout.x, nfes=NFES, n=1000, targets=targets if n_target else None, **common)
+        self.steps, self.every = steps, steps // EVAL_SHARE
+        self.history: list[dict] = []
+        self.final_figures: dict = {}
+
+    def __call__(self, trainer):
+        step = trainer.step
+        if step == 0 or (step <= FINAL_PHASE * self.steps and (step // self.every) % 2):
+            return {}
+        figures = self.during(trainer)
+        self.history.append({"step": step, **{k: v for k, v in figures.items() if isinstance(v, float)}})
+        if step >= self.steps:
+            figures = self.final(trainer)
+            self.final_figures = {k: v for k, v in figures.items() if isinstance(v, float)}
+        return figures
+
+
+def one_run(job: dict) -> dict:
+    """One adapt() run in memory; returns its final figures and its evaluation history."""
     import torch
 
     torch.set_num_threads(1)
     from flowsteer.config import adapt_train_defaults
+    from flowsteer.errors import FlowsteerError
     from flowsteer.methods import gft
 
-    shift, base, target, steps, n_target, method, coupling, seed = job
     train = adapt_train_defaults()
-    train.steps, train.seed = steps, seed
+    train.steps, train.seed, train.lr = job["steps"], job["seed"], train.lr * job["lr_mult"]
+    evaluate = Evaluator(job["base"], job["target"], job["n_target"], job["steps"])
     start = time.perf_counter()
-    run = gft.adapt(gft.AdaptConfig(base=base, target=target, method=method, coupling=coupling, n_target=n_target,
-                                    eval_every=steps // 4, eval_nfes=(1, 2, 4, 8, 50), train=train),
-                    None, progress="quiet")
-    final = run.config["final"]
-    return {"shift": shift, "n_target": n_target or "full", "method": method, "coupling": coupling, "seed": seed,
-            "seconds": time.perf_counter() - start, **{k: v for k, v in final.items() if isinstance(v, float)}}
+    row = {k: v for k, v in job.items() if k != "base"}
+    try:
+        gft.adapt(gft.AdaptConfig(base=job["base"], target=job["target"], method=job["method"],
+                                  coupling=job["coupling"], n_target=job["n_target"], train=train,
+                                  eval_every=job["steps"] // EVAL_SHARE, eval_nfes=NFES),
+                  None, progress="quiet", evaluate=evaluate)
+        row["diverged"] = False
+    except (FlowsteerError, FloatingPointError) as err:  # a stopped (diverged) run is a result, not a crash
+        row.update(diverged=True, error=str(err).splitlines()[0])
+    row["seconds"] = time.perf_counter() - start
+    row["history"] = evaluate.history
+    row["n_target"] = job["n_target"] or "full"
+    if not row["diverged"]:
+        row["final"] = evaluate.final_figures
+        row["diverged"] = not all(math.isfinite(v) for v in row["final"].values())
+        last3 = [h["w2_to_target_nfe50"] for h in evaluate.history if h["step"] > 0][-3:]
+        row.update(row["final"], w2_to_target_nfe50_last3_std=float(np.std(last3)))  # flat, as issue 4's rows were
+    row["history"] = [{k: (v if math.isfinite(v) else None) for k, v in h.items()} for h in row["history"]]
+    if row["diverged"]:
+        row.pop("final", None)
+    return row
+
+
+def speed(history: list[dict], steps: int, key: str = "fd_to_target_nfe50") -> float:
+    """First evaluation step (share of ``steps``) from which ``key`` stays within 10 % of its final value."""
+    pts = [(h["step"], h[key]) for h in history if h["step"] > 0 and key in h]
+    final = pts[-1][1]
+    first = pts[-1][0]
+    for step, value in reversed(pts):
+        if abs(value - final) > 0.1 * abs(final):
+            break
+        first = step
+    return first / steps
+
+
+def final_phase(history: list[dict], steps: int, key: str) -> list[float]:
+    return [h[key] for h in history if h["step"] > FINAL_PHASE * steps and key in h]
 
 
 def ideal_path_lengths(base_dir: str, target: str, *, n_noise: int = 1000, max_target: int = 2000) -> dict:
@@ -89,47 +177,217 @@ def ideal_path_lengths(base_dir: str, target: str, *, n_noise: int = 1000, max_t
             "w2_floor_train_vs_heldout": floor, "n_heldout": int(len(held))}
 
 
+def pretrain_job(args: tuple[str, str, float]) -> str:
+    import torch
+
+    torch.set_num_threads(1)
+    from flowsteer import PretrainConfig, pretrain
+
+    source, folder, sigma = args
+    if not (Path(folder) / "model.safetensors").exists():
+        pretrain(PretrainConfig(data=source, sigma=sigma), folder, progress="quiet")
+    return folder
+
+
+def base_folder(out: Path, source: str, sigma: float) -> str:
+    return str(out / f"base-{source.replace(':', '_')}-sigma{sigma:g}")
+
+
+def heldout_floor(target: str, n_target: int) -> float:
+    """``memorised_share`` of 1000 held-out target samples against the 64 training targets (the no-copy level)."""
+    import torch
+
+    from flowsteer.data import load_data
+    from flowsteer.metrics import memorised_share
+
+    data = load_data(target, normalize="none")
+    targets = data.train.x[torch.randperm(len(data.train.x), generator=torch.Generator().manual_seed(0))[:n_target]]
+    return memorised_share(data.heldout.x[:1000], targets)
+
+
+def summarise(rows: list[dict], shifts: dict) -> dict:
+    """Mean and std over seeds of every figure, per (shift, sigma, n, method, coupling, lr_mult) cell."""
+    cells: dict = {}
+    for r in rows:
+        key = (r["shift"], r["sigma"], r["n_target"], r["method"], r["coupling"], r["lr_mult"])
+        cells.setdefault(key, []).append(r)
+    out = {}
+    for key, group in cells.items():
+        ok = [r for r in group if not r["diverged"]]
+        steps = group[0]["steps"]
+        cell = {"runs": len(group), "diverged": len(group) - len(ok)}
+        if ok:
+            for name in ok[0]["final"]:
+                if name == "step":
+                    continue
+                vals = [r["final"][name] for r in ok if name in r["final"]]
+                cell[name] = (float(np.mean(vals)), float(np.std(vals)))
+            cell["speed"] = (float(np.mean([speed(r["history"], steps) for r in ok])),
+                             float(np.std([speed(r["history"], steps) for r in ok])))
+            for metric in ("fd_to_target_nfe50", "w2_to_target_nfe50"):
+                phases = np.array([final_phase(r["history"], steps, metric) for r in ok])  # [seeds, evaluations]
+                cell[f"{metric}_seed_std"] = float(phases.std(axis=0).mean()) if len(ok) > 1 else None
+                cell[f"{metric}_within_std"] = float(phases.std(axis=1).mean())
+        out["|".join(map(str, key))] = cell
+    return out
+
+
+def verdict(a: tuple[float, float], b: tuple[float, float], lower_is_better: bool = True) -> str:
+    """GFT (a) against SFT (b): better / worse when the means differ by more than the larger std, else tie."""
+    margin = max(a[1], b[1])
+    diff = (b[0] - a[0]) if lower_is_better else (a[0] - b[0])
+    return "GFT better" if diff > margin else "SFT better" if -diff > margin else "tie"
+
+
+def fmt(cell: dict, name: str, digits: int | None = None) -> str:
+    """``mean ± std``; by default 3 decimals below 1 (the 2-D figures), else 2."""
+    v = cell.get(name)
+    if v is None:
+        return "—"
+    d = digits if digits is not None else (3 if abs(v[0]) < 1 else 2)
+    return f"{v[0]:.{d}f} ± {v[1]:.{d}f}"
+
+
+def print_tables(summary: dict, shifts: dict, sigmas: list[float], floors: dict) -> None:
+    def cell(shift, sigma, n, method, coupling, lr=1):
+        return summary.get(f"{shift}|{sigma}|{n}|{method}|{coupling}|{lr}", {})
+
+    print("\n### Quality: FD to held-out targets by NFE (mean ± std over 3 seeds)\n")
+    print("| shift | σ | targets | method | coupling | " + " | ".join(f"FD@{k}" for k in NFES) + " | W2@4 | W2@50 |")
+    print("|---" * (7 + len(NFES)) + "|")
+    for shift, sigma, n, m, c in itertools.product(shifts, sigmas, ("full", 64), ("sft", "gft"), ("independent", "ot")):
+        x = cell(shift, sigma, n, m, c)
+        print(f"| {shift} | {sigma:g} | {n} | {m} | {c} | " + " | ".join(fmt(x, f"fd_to_target_nfe{k}") for k in NFES)
+              + f" | {fmt(x, 'w2_to_target_nfe4')} | {fmt(x, 'w2_to_target_nfe50')} |")
+    print("\n### GFT against SFT at the same coupling\n")
+    print("| shift | σ | targets | coupling | FD@4 gft / sft | FD@50 gft / sft | final quality (FD@50) | "
+          "seed std FD@50 gft / sft | seed std W2@50 gft / sft | within-run std FD@50 gft / sft | speed gft / sft |")
+    print("|---" * 11 + "|")
+    for shift, sigma, n, c in itertools.product(shifts, sigmas, ("full", 64), ("independent", "ot")):
+        g, s = cell(shift, sigma, n, "gft", c), cell(shift, sigma, n, "sft", c)
+        if not g or not s or "fd_to_target_nfe50" not in g or "fd_to_target_nfe50" not in s:
+            continue
+
+        def pair(name, d=3):
+            gv, sv = g.get(name), s.get(name)
+            return f"{gv:.{d}f} / {sv:.{d}f}" if gv is not None and sv is not None else "—"
+        print(f"| {shift} | {sigma:g} | {n} | {c} | {fmt(g, 'fd_to_target_nfe4')} / {fmt(s, 'fd_to_target_nfe4')} | "
+              f"{fmt(g, 'fd_to_target_nfe50')} / {fmt(s, 'fd_to_target_nfe50')} | "
+              f"{verdict(g['fd_to_target_nfe50'], s['fd_to_target_nfe50'])} | {pair('fd_to_target_nfe50_seed_std')} | "
+              f"{pair('w2_to_target_nfe50_seed_std')} | {pair('fd_to_target_nfe50_within_std')} | "
+              f"{fmt(g, 'speed', 2)} / {fmt(s, 'speed', 2)} |")
+    print("\n### Few-step acceptance: GFT + OT FD@4 against SFT + independent FD@4\n")
+    for shift, sigma, n in itertools.product(shifts, sigmas, ("full", 64)):
+        g, s = cell(shift, sigma, n, "gft", "ot"), cell(shift, sigma, n, "sft", "independent")
+        if "fd_to_target_nfe4" in g and "fd_to_target_nfe4" in s:
+            print(f"- {shift}, σ {sigma:g}, {n} targets: {g['fd_to_target_nfe4'][0]:.3f} / {s['fd_to_target_nfe4'][0]:.3f}"
+                  f" = {g['fd_to_target_nfe4'][0] / s['fd_to_target_nfe4'][0]:.3f}")
+    print("\n### Diversity with 64 targets (NFE 50)\n")
+    print("| shift | σ | method | coupling | memorised share | class entropy (nats) |")
+    print("|---" * 6 + "|")
+    for shift, sigma, m, c in itertools.product(shifts, sigmas, ("sft", "gft"), ("independent", "ot")):
+        x = cell(shift, sigma, 64, m, c)
+        print(f"| {shift} | {sigma:g} | {m} | {c} | {fmt(x, 'memorised_share_nfe50')} | {fmt(x, 'class_entropy_nfe50')} |")
+    print("\nheld-out target samples' memorised share (the no-copy level): "
+          + ", ".join(f"{k} {v:.3f}" for k, v in floors.items()))
+    print("\n### Learning-rate sensitivity (digits, full targets, seed 0): FD@50 at lr x1 / x3 / x10\n")
+    lr_shift = [s for s in shifts if s.startswith("digits")][0]
+    print("| σ | method | coupling | x1 | x3 | x10 | diverged or > 20 % worse |")
+    print("|---" * 7 + "|")
+    for sigma, m, c in itertools.product(sigmas, ("sft", "gft"), ("independent", "ot")):
+        figs = [summary.get(f"{lr_shift}|{sigma}|full|{m}|{c}|{lr}", {}) for lr in (1, *LR_MULTIPLIERS)]
+        base = figs[0].get("fd_seed0")
+        bad, vals = 0, []
+        for f in figs:
+            v = f.get("fd_seed0")
+            vals.append("diverged" if v is None else f"{v:.2f}")
+        for f in figs[1:]:
+            v = f.get("fd_seed0")
+            bad += v is None or (base is not None and v > 1.2 * base)
+        print(f"| {sigma:g} | {m} | {c} | " + " | ".join(vals) + f" | {bad} of {len(LR_MULTIPLIERS)} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/gft-exp")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--sigma", type=float, default=0.3, help="the sigma > 0 of the grid (tuned: see --tune-sigma)")
+    ap.add_argument("--tune-sigma", default=None, metavar="S[,S...]",
+                    help="instead of the grid: GFT + OT on digits, full targets, seeds 0-1, at each sigma")
+    ap.add_argument("--mnist", action="store_true", help="add MNIST 0-4 -> 5-9 (needs `flowsteer data mnist`)")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--tables-from", default=None, metavar="RESULTS_JSON",
+                    help="print the tables of an earlier run's results.json and stop")
+    ap.add_argument("--quick", action="store_true", help="a smoke run: a tenth of the steps, one seed (figures mean nothing)")
     args = ap.parse_args()
-    from flowsteer import PretrainConfig, pretrain
-
+    if args.tables_from:
+        saved = json.loads(Path(args.tables_from).read_text())
+        shifts = {shift: None for shift in dict.fromkeys(r["shift"] for r in saved["rows"])}
+        print_tables(saved["summary"], shifts, saved["sigmas"], saved["memorised_floor"])
+        return
+    if args.quick:
+        SHIFTS.update({k: (a, b, steps // 10) for k, (a, b, steps) in SHIFTS.items()})
+        args.seeds = 1
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    bases = {}
-    for shift, (source, _, _) in SHIFTS.items():
-        base = out / f"base-{source.replace(':', '_')}"
-        if not (base / "model.safetensors").exists():
-            pretrain(PretrainConfig(data=source), base, progress="quiet")
-        bases[shift] = str(base)
-    print(f"bases ready after {time.perf_counter() - t0:.0f} s", flush=True)
-    jobs = [(shift, bases[shift], SHIFTS[shift][1], SHIFTS[shift][2], n, m, c, s)
-            for shift, n, m, c, s in itertools.product(SHIFTS, (None, 64), ("sft", "gft"), ("independent", "ot"), (0, 1, 2))]
+    shifts = {**SHIFTS, **(MNIST_SHIFT if args.mnist else {})}
+    if args.tune_sigma:
+        sigmas = [float(s) for s in args.tune_sigma.split(",")]
+        shifts = {"digits0-4->5-9": SHIFTS["digits0-4->5-9"]}
+        seeds, lr_mults = range(2), ()
+        grid = [(s, "full", "gft", "ot") for s in sigmas]
+    else:
+        sigmas, seeds, lr_mults = [0.0, args.sigma], range(args.seeds), LR_MULTIPLIERS
+        grid = list(itertools.product(sigmas, ("full", 64), ("sft", "gft"), ("independent", "ot")))
+    bases = [(src, base_folder(out, src, sigma), sigma) for (src, _, _), sigma in itertools.product(shifts.values(), sigmas)]
     with Pool(args.workers) as pool:
+        pool.map(pretrain_job, bases, chunksize=1)
+        print(f"{len(bases)} bases ready after {time.perf_counter() - t0:.0f} s", flush=True)
+        jobs = [dict(shift=shift, base=base_folder(out, src, sigma), target=tgt, steps=steps, sigma=sigma,
+                     n_target=None if n == "full" else n, method=m, coupling=c, seed=seed, lr_mult=1)
+                for (shift, (src, tgt, steps)), (sigma, n, m, c), seed in itertools.product(shifts.items(), grid, seeds)]
+        lr_shift = "digits0-4->5-9"
+        src, tgt, steps = SHIFTS[lr_shift]
+        jobs += [dict(shift=lr_shift, base=base_folder(out, src, sigma), target=tgt, steps=steps, sigma=sigma,
+                      n_target=None, method=m, coupling=c, seed=0, lr_mult=lr)
+                 for sigma, m, c, lr in itertools.product(sigmas, ("sft", "gft"), ("independent", "ot"), lr_mults)]
+        jobs.sort(key=lambda j: -j["steps"] * (2 if j["method"] == "gft" or j["coupling"] == "ot" else 1))  # long first
         rows = []
         for row in pool.imap_unordered(one_run, jobs):
             rows.append(row)
-            print(f"[{len(rows)}/{len(jobs)}] {row['shift']} n={row['n_target']} {row['method']}/{row['coupling']} "
-                  f"seed {row['seed']}: W2@4 {row['w2_to_target_nfe4']:.3f} path {row.get('path_length', float('nan')):.3f} "
-                  f"({row['seconds']:.0f} s)", flush=True)
+            fd = row["final"].get("fd_to_target_nfe4", float("nan")) if not row["diverged"] else float("nan")
+            print(f"[{len(rows)}/{len(jobs)}] {row['shift']} σ {row['sigma']:g} n={row['n_target']} "
+                  f"{row['method']}/{row['coupling']} seed {row['seed']} lr x{row['lr_mult']}: FD@4 {fd:.2f}"
+                  f"{' DIVERGED' if row['diverged'] else ''} ({row['seconds']:.0f} s)", flush=True)
     total = time.perf_counter() - t0
-    bounds = {shift: ideal_path_lengths(bases[shift], SHIFTS[shift][1]) for shift in SHIFTS}
-    (out / "results.json").write_text(json.dumps({"rows": rows, "total_seconds": total, "bounds": bounds}, indent=1))
-    keys = ["w2_to_target_nfe1", "w2_to_target_nfe2", "w2_to_target_nfe4", "w2_to_target_nfe8", "w2_to_target_nfe50", "fd_to_target_nfe1", "fd_to_target_nfe4", "fd_to_target_nfe50", "path_length",
-            "straightness", "w2_to_target_nfe50_last3_std", "w2_to_target_nfe50_spearman_step"]
-    print(f"\ntotal {total / 60:.1f} min (bases included; the bounds below took {time.perf_counter() - t0 - total:.0f} s more)\n")
+    summary = summarise(rows, shifts)
+    for r in rows:  # the learning-rate table compares seed 0 of each cell
+        if r["seed"] == 0:
+            key = "|".join(map(str, (r["shift"], r["sigma"], r["n_target"], r["method"], r["coupling"],
+                                     r["lr_mult"])))
+            summary.setdefault(key, {})["fd_seed0"] = None if r["diverged"] else r["final"]["fd_to_target_nfe50"]
+    floors = {} if args.tune_sigma else {s: heldout_floor(shifts[s][1], 64) for s in shifts}
+    bounds = {} if args.tune_sigma else {s: ideal_path_lengths(base_folder(out, shifts[s][0], 0.0), shifts[s][1])
+                                         for s in SHIFTS}
+    (out / "results.json").write_text(json.dumps({"rows": rows, "summary": summary, "total_seconds": total,
+                                                  "sigmas": sigmas, "memorised_floor": floors, "bounds": bounds},
+                                                 indent=1, allow_nan=False, default=str))
+    print(f"\ntotal {total / 60:.1f} min, bases included ({len(rows)} runs); the path bounds and floors took "
+          f"{time.perf_counter() - t0 - total:.0f} s more")
     for shift, b in bounds.items():
         print(f"{shift}: W1 bound {b['w1_bound']:.3f}, exact independent flow {b['independent_flow']:.3f}, "
-              f"best possible path ratio {b['best_ratio']:.3f}; W2 floor train vs {b['n_heldout']} held-out "
-              f"{b['w2_floor_train_vs_heldout']:.3f}")
-    print("| shift | n | method | coupling | " + " | ".join(keys) + " |")
-    for shift, n, m, c in itertools.product(SHIFTS, ("full", 64), ("sft", "gft"), ("independent", "ot")):
-        sel = [r for r in rows if (r["shift"], r["n_target"], r["method"], r["coupling"]) == (shift, n, m, c)]
-        cells = [f"{np.mean([r[k] for r in sel]):.3f} ± {np.std([r[k] for r in sel]):.3f}" for k in keys]
-        print(f"| {shift} | {n} | {m} | {c} | " + " | ".join(cells) + " |")
+              f"best possible path ratio {b['best_ratio']:.3f}; W2 floor {b['w2_floor_train_vs_heldout']:.3f}")
+    if args.tune_sigma:
+        print("\n| σ | FD@4 | FD@50 | W2@50 |\n|---|---|---|---|")
+        for s in sigmas:
+            x = summary[f"digits0-4->5-9|{s}|full|gft|ot|1"]
+            print(f"| {s:g} | {fmt(x, 'fd_to_target_nfe4', 2)} | {fmt(x, 'fd_to_target_nfe50', 2)} | "
+                  f"{fmt(x, 'w2_to_target_nfe50')} |")
+        best = min(sigmas, key=lambda s: summary[f"digits0-4->5-9|{s}|full|gft|ot|1"]["fd_to_target_nfe50"][0])
+        print(f"\nchosen sigma (lowest mean FD@50 of GFT + OT): {best:g}")
+        return
+    print_tables(summary, shifts, sigmas, floors)
 
 
 if __name__ == "__main__":

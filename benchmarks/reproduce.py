@@ -136,7 +136,8 @@ def claims_markdown(out: Path, times: dict[str, float] | None) -> str:
     rows, bounds = gft["rows"], gft["bounds"]
 
     def sel(shift, n, m, c):
-        return [r for r in rows if (r["shift"], str(r["n_target"]), r["method"], r["coupling"]) == (shift, str(n), m, c)]
+        return [r for r in rows if (r["shift"], str(r["n_target"]), r["method"], r["coupling"]) == (shift, str(n), m, c)
+                and r.get("sigma", 0.0) == 0.0 and r.get("lr_mult", 1) == 1 and not r.get("diverged")]
 
     shifts = list(bounds)
     for shift, n in itertools.product(shifts, ("full", "64")):
