@@ -35,7 +35,7 @@ demo: setup-core
 	$(VENV)/bin/flowsteer demo
 
 reproduce: setup
-	$(PY) benchmarks/reproduce.py
+	$(PY) benchmarks/reproduce.py $(if $(WITH_BASELINES),--with-baselines)
 
 bench: setup
 	$(PY) benchmarks/bench_pretrain_step.py

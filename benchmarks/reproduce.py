@@ -6,7 +6,9 @@ Stages (about 35 minutes on 2 CPU cores):
   1. Theorem 2's tilt on a Gaussian mixture (tests/test_orw_theorem2.py, which records its figures), then
      a digits base model and the weight-alignment comparison (benchmarks/weight_alignment.py);
   2. collapse at alpha = 0, the alpha trade-off and the W2-budget mode (benchmarks/even_digits.py);
-  3. GFT vs SFT per coupling and data size on two shifts (benchmarks/gft_experiment.py).
+  3. GFT vs SFT per coupling and data size on two shifts, sigma 0 and 0.1 (benchmarks/gft_experiment.py);
+  4. with --with-baselines (`make reproduce WITH_BASELINES=1`): ORW-CFM-W2 against Flow-GRPO, NFT, RWR and
+     RAFT on digits and 8 Gaussians at one reward-call budget (benchmarks/baselines.py), about 40 minutes more.
 Every stage writes JSON under OUT.  Then the block between the `reproduce` markers of docs/results.md is
 rewritten from those files: each claim with its figure, the command, and whether it held here.
 `--only-write` skips the runs and only rewrites the block from the JSON already in OUT.
@@ -42,7 +44,7 @@ def wait(*procs: subprocess.Popen) -> None:
             raise SystemExit(f"failed: {' '.join(map(str, p.args))}")
 
 
-def run_all(out: Path) -> dict[str, float]:
+def run_all(out: Path, *, with_baselines: bool = False) -> dict[str, float]:
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -63,6 +65,13 @@ def run_all(out: Path) -> dict[str, float]:
     t = time.perf_counter()
     wait(run(py, "benchmarks/gft_experiment.py", "--out", str(out / "gft")))
     times["stage 3: GFT vs SFT"] = time.perf_counter() - t
+    if with_baselines:  # issue 20's comparison: about 40 more minutes on 2 cores (two tasks side by side)
+        t = time.perf_counter()
+        wait(run(py, "benchmarks/baselines.py", "--task", "digits", "--base", str(out / "digits"), "--out",
+                 str(out / "baselines"), env={"OMP_NUM_THREADS": "1"}),
+             run(py, "benchmarks/baselines.py", "--task", "8gaussians", "--out", str(out / "baselines"),
+                 env={"OMP_NUM_THREADS": "1"}))
+        times["stage 4: ORW-CFM-W2 against Flow-GRPO, NFT, RWR, RAFT"] = time.perf_counter() - t
     return times
 
 
@@ -187,7 +196,28 @@ def claims_markdown(out: Path, times: dict[str, float] | None) -> str:
     for shift, bd in bounds.items():
         add(f"| {shift} | {bd['w1_bound']:.3f} | {bd['independent_flow']:.3f} | {bd['best_ratio']:.3f} | "
             f"{bd['w2_floor_train_vs_heldout']:.3f} ({bd['n_heldout']} held-out points) |")
+    for task in ("digits", "8gaussians"):
+        summary = out / "baselines" / task / "summary.json"
+        if summary.exists():
+            lines += ["", *baselines_markdown(json.loads(summary.read_text()))]
     return "\n".join(lines) + "\n"
+
+
+def baselines_markdown(summary: dict) -> list[str]:
+    """The chosen setting of each method at one reward-call budget (benchmarks/baselines.py's summary.json)."""
+    keys = [k for k in ("reward", "class_entropy", "rewarded_modes_held", "w2_to_base", "fd_to_base", "reward_calls",
+                        "model_evals", "seconds_per_step") if any(k in r for r in summary["chosen"])]
+    lines = [f"### Baselines at one budget: {summary['task']} ({summary['budget']['calls']:,} reward calls; "
+             f"rule: {summary['rule']})", "", "| method | setting | " + " | ".join(keys) + " |",
+             "|---|---|" + "---|" * len(keys)]
+    for r in summary["chosen"]:
+        setting = "diverged at every setting" if "diverged" in r else \
+            (f"{r['knob']} = {r['value']:g}" if r.get("knob") else "-")
+        cells = [f"{r[k]:.4g}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k in keys]
+        lines.append(f"| {r['method']}{'' if r.get('cleared_floor') else ' *'} | {setting} | " + " | ".join(cells) + " |")
+    lines += ["", "`*`: no setting cleared the diversity floor. Command: `python benchmarks/baselines.py --task "
+              f"{summary['task']}` (`make reproduce WITH_BASELINES=1` runs it as stage 4)."]
+    return lines
 
 
 def write_results(out: Path, times: dict[str, float] | None) -> None:
@@ -209,11 +239,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/reproduce")
     ap.add_argument("--only-write", action="store_true")
+    ap.add_argument("--with-baselines", action="store_true",
+                    help="stage 4: ORW-CFM-W2 against Flow-GRPO, NFT, RWR and RAFT (benchmarks/baselines.py)")
     args = ap.parse_args()
     out = Path(args.out)
     times = None
     if not args.only_write:
-        times = run_all(out)
+        times = run_all(out, with_baselines=args.with_baselines)
         (out / "times.json").write_text(json.dumps(times, indent=2))
     elif (out / "times.json").exists():
         times = json.loads((out / "times.json").read_text())
