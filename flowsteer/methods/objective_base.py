@@ -17,7 +17,13 @@ class AlignObjectiveBase:
     ``device``: where rollouts, rewards' inputs and running statistics live (default: the generator's);
     statistics are float64 there, float32 on MPS (which has no float64).  ``budget``: the run's reward calls and
     model evaluations (:mod:`.budget`), counted by each method where it spends them.
+
+    Every align method marks its rollouts and reward calls as interruptible regions (``interruptible = True``,
+    :mod:`flowsteer.interrupts`): they change nothing but the RNG (and the budget's counts, which count work
+    spent), so a stop signal during a slow reward abandons the step and the Trainer rewinds the RNG to its start.
     """
+
+    interruptible = True
 
     def __init__(self, *, reference: nn.Module, reward: Any, config: AlignConfig, decode, shape: tuple[int, ...],
                  sigma: float, num_classes: int = 0, generator: torch.Generator, condition=None,

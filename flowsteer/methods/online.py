@@ -51,13 +51,8 @@ class GroupedOnlineObjective(AlignObjectiveBase):
     """The shared half of an online group-relative method: conditions, scoring and bookkeeping.
 
     Subclasses implement ``loss(model, *, step, generator)`` and extend ``state_dict``/``load_state_dict``.
-    Rollouts and reward calls are interruptible regions (``interruptible = True``, as ORW's objective): they
-    change nothing but the RNG (and the budget's counts, which count work spent), so a stop signal during a
-    slow reward abandons the step and the Trainer rewinds the RNG to its start.
     The constructor takes the same arguments as :class:`~flowsteer.methods.orw.RewardWeightedObjective`.
     """
-
-    interruptible = True
 
     def __init__(self, *, reference: nn.Module, reward: Any, config: AlignConfig, decode, shape: tuple[int, ...],
                  sigma: float, num_classes: int = 0, generator: torch.Generator, condition=None,

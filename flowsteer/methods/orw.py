@@ -127,8 +127,6 @@ class RewardWeightedObjective(AlignObjectiveBase):
     but the RNG, which the Trainer rewinds when a stop signal cuts a step short.
     """
 
-    interruptible = True
-
     def __init__(self, *, reference: nn.Module, reward: Any, config: AlignConfig, decode, shape: tuple[int, ...],
                  sigma: float, num_classes: int = 0, generator: torch.Generator, condition=None,
                  device: torch.device | None = None) -> None:
