@@ -262,6 +262,68 @@ def test_nft_gradient_is_zero_at_one_half_and_beta_times_flow_matching_at_one(be
         torch.testing.assert_close(a, beta * b, rtol=1e-5, atol=1e-7)
 
 
+def _adaptive_fm(v, target, t):
+    """DiffusionNFT's weighted data-prediction error, written out: e = (1 - t)(v - u), mean e^2 / mean |e| (detached)."""
+    e = (1 - t)[:, None] * (v - target)
+    return ((e**2).mean(1) / e.detach().abs().mean(1).clamp(min=1e-5)).mean()
+
+
+@pytest.mark.parametrize("beta", [1.0, 0.3])
+def test_nft_adaptive_weight_keeps_the_two_gradients_and_bounds_a_sample_s_pull(beta):
+    """With --nft-adaptive-weight: r = 1/2 still gives a zero gradient at theta = old; r = 1 gives beta times the
+    gradient of the adaptively weighted flow-matching error; and the pull of a sample on v does not grow with
+    its error (1000 times the error, the same gradient), which is what keeps NFT from running away."""
+    model, g = _net(), torch.Generator().manual_seed(7)
+    old = copy.deepcopy(model)
+    x1, x0 = torch.randn(32, 2, generator=g) + 2, torch.randn(32, 2, generator=g)
+    s = LinearPath().sample(x0, x1, torch.rand(32, generator=g))
+    with torch.no_grad():
+        v_old = old(s.t, s.x_t)
+    params = list(model.parameters())
+    half = torch.autograd.grad(nft_loss(model(s.t, s.x_t), v_old, s.target, torch.full((32,), 0.5), beta=beta, t=s.t),
+                               params)
+    assert max(float(q.abs().max()) for q in half) < 1e-7
+    one = torch.autograd.grad(nft_loss(model(s.t, s.x_t), v_old, s.target, torch.ones(32), beta=beta, t=s.t), params)
+    fm = torch.autograd.grad(_adaptive_fm(model(s.t, s.x_t), s.target, s.t), params)
+    assert max(float(q.abs().max()) for q in fm) > 1e-3
+    for a, b in zip(one, fm):
+        torch.testing.assert_close(a, beta * b, rtol=1e-5, atol=1e-7)
+    pulls = []
+    for scale in (1.0, 1000.0):
+        v = (s.target + scale * (v_old - s.target)).requires_grad_(True)
+        pulls.append(torch.autograd.grad(nft_loss(v, v, s.target, torch.ones(32), beta=beta, t=s.t), v)[0])
+    torch.testing.assert_close(pulls[0], pulls[1], rtol=1e-4, atol=1e-8)
+    plain = [torch.autograd.grad(nft_loss(v, v, s.target, torch.ones(32), beta=beta), v)[0]
+             for v in ((s.target + k * (v_old - s.target)).requires_grad_(True) for k in (1.0, 1000.0))]
+    assert plain[1].abs().max() > 100 * plain[0].abs().max()  # without the weight the pull grows with the error
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_a_soft_refresh_moves_theta_old_part_of_the_way(lora):
+    """--nft-old-decay D: a refresh sets theta_old to D theta_old + (1 - D) theta, for a full copy and for LoRA
+    adapters alike; D = 0 copies theta."""
+    from flowsteer.methods.policy import LaggedPolicy
+    from flowsteer.models.weights import trainable_state_dict
+
+    model = _net()
+    if lora:
+        from flowsteer.models.lora import add_lora, lora_spec
+        model = add_lora(model, lora_spec(model, rank=2, alpha=2))
+    policy = LaggedPolicy(model)
+    before = {k: v.clone() for k, v in policy.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.5)
+    live = trainable_state_dict(model) if lora else model.state_dict()
+    policy.refresh(model, decay=0.3)
+    for k, v in policy.state_dict().items():
+        torch.testing.assert_close(v, 0.3 * before[k] + 0.7 * live[k])
+    policy.refresh(model)
+    for k, v in policy.state_dict().items():
+        torch.testing.assert_close(v, live[k], rtol=0, atol=0)
+
+
 def test_optimality_probability_maps_advantages_into_the_unit_interval():
     a = torch.tensor([-10.0, -5.0, 0.0, 2.5, 5.0, 7.0])
     assert torch.equal(optimality_probability(a), torch.tensor([0.0, 0.0, 0.5, 0.75, 1.0, 1.0]))
@@ -340,7 +402,7 @@ def test_each_new_option_is_refused_by_the_methods_that_do_not_read_it():
              "rollout_updates": 3, "nft_beta": 0.5, "alpha": 0.3, "tau": 2.0, "weights": "none",
              "standardize_reward": True, "coupling": "ot", "raft_fraction": 0.5, "rwr_samples": 8192, "w2": True,
              "w2_budget": 0.1, "dual_lr": 0.1, "misaligned_weights": True, "refresh_every": 7,
-             "rollout_solver": "heun"}
+             "rollout_solver": "heun", "nft_old_decay": 0.5, "nft_adaptive_weight": True}
     for method in ALIGN_METHODS:
         for name, value in given.items():
             problems = AlignConfig(base="b", reward="r", method=method, **{name: value}).validate()

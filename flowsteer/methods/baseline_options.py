@@ -17,7 +17,8 @@ NEW_METHODS = (GRPO, NFT)
 # option -> the methods that read it (the new methods' options; any method not listed must leave it alone)
 NEW_OPTION_OWNERS = {
     "group_size": (GRPO, NFT), "clip_range": (GRPO,), "kl_beta": (GRPO,), "sde_noise": (GRPO,),
-    "sde_window": (GRPO,), "rollout_updates": (GRPO,), "nft_beta": (NFT,),
+    "sde_window": (GRPO,), "rollout_updates": (GRPO,), "nft_beta": (NFT,), "nft_old_decay": (NFT,),
+    "nft_adaptive_weight": (NFT,),
 }
 # ORW's options that the new methods do not read (refresh_every and rollout_solver: NFT reads them)
 ORW_ONLY = ("alpha", "tau", "weights", "standardize_reward", "coupling", "raft_fraction", "rwr_samples", "w2",

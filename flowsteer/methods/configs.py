@@ -122,6 +122,12 @@ class AlignConfig(FineTuneStart):
     nft_beta: float = option(1.0, listed=True, metavar="BETA[,BETA...]", gt=0, le=1,
                              help="nft: v+ = (1-BETA) v_old + BETA v, v- = (1+BETA) v_old - BETA v; in (0, 1]; a list "
                                   "like 0.1,0.5,1 runs a sweep")
+    nft_old_decay: float = option(0.0, metavar="D", ge=0, lt=1,
+                                  help="nft: each refresh sets theta_old <- D theta_old + (1-D) theta (DiffusionNFT's "
+                                       "soft update); 0 copies theta")
+    nft_adaptive_weight: bool = option(False, help="nft: divide each sample's squared data-prediction error by its own "
+                                                   "mean absolute error, as DiffusionNFT's released code does, so the "
+                                                   "gradient stays bounded")
     eval_every: int = option(250, ge=0, on_resume="apply", help="steps between evaluations")
     eval_samples: int = option(512, ge=2, on_resume="apply", help="samples per evaluation")
     eval_solver: str = option("heun", choices=SOLVERS, on_resume="apply", help="solver of the evaluation samples")
@@ -171,8 +177,9 @@ class AdaptConfig(FineTuneStart):
     final_fraction: float = option(0.25, ge=0, lt=1, help="share of the steps at tau = 0")
     divide: bool = option(True, flag="--no-divide", help="do not divide the loss by 1 + tau")
     coupling: str = option("ot", choices=COUPLINGS,
-                           help="noise-target pairing; default ot (minibatch optimal transport): in docs/results.md it "
-                                "carries nearly all of the shorter paths and few-step quality, GFT or SFT alike")
+                           help="noise-target pairing; default ot (minibatch optimal transport, solved on the host): "
+                                "in docs/results.md it carries nearly all of the shorter paths and few-step quality, "
+                                "GFT or SFT alike")
     sigma: float | None = option(None, ge=0,
                                  help="diffusion of a stochastic flow; must equal the base's (default: the base's)")
     n_target: int | None = option(None, ge=1, help="use only N target samples (the limited-data regime)")

@@ -14,7 +14,13 @@ those samples, ``x_t = (1 - t) x0 + t x1``, target ``u = x1 - x0`` (:mod:`flowst
 
 ``||.||^2`` is the mean over a sample's coordinates.  At ``theta = theta_old``: with ``r = 1/2`` the gradient is
 zero, with ``r = 1`` it is ``beta`` times the flow-matching gradient.  The released code writes the loss in
-x0-prediction space with an adaptive per-sample weight and divides it by beta; we keep the velocity form above.
+x0-prediction space with an adaptive per-sample weight, divides it by beta, and moves theta_old softly; we keep
+the velocity form above by default, and two options add DiffusionNFT's stabilisers:
+
+* ``--nft-adaptive-weight``: each term is the squared error of the data prediction ``x1_hat = x_t + (1 - t) v``,
+  ``(1 - t)^2 ||v - u||^2``, divided by its own detached mean absolute error ``(1 - t) mean|v - u|`` (floored
+  at 1e-5), so a sample's gradient is bounded however far the model strays;
+* ``--nft-old-decay D``: each refresh sets ``theta_old <- D theta_old + (1 - D) theta`` instead of a copy.
 A sample whose reward is not finite (``--on-bad-reward skip``) has weight 0.
 """
 
@@ -39,18 +45,27 @@ def optimality_probability(advantages: Tensor) -> Tensor:
 
 
 def nft_loss(pred: Tensor, old: Tensor, target: Tensor, r: Tensor, *, beta: float,
-             weights: Tensor | None = None) -> Tensor:
+             weights: Tensor | None = None, t: Tensor | None = None) -> Tensor:
     """``mean_i w_i [r_i ||v+ - u||^2 + (1 - r_i) ||v- - u||^2]`` with ``v+ = (1 - beta) old + beta pred`` and
-    ``v- = (1 + beta) old - beta pred``; ``pred``, ``old``, ``target`` ``[B, *D]``, ``r``, ``weights`` ``[B]``."""
+    ``v- = (1 + beta) old - beta pred``; ``pred``, ``old``, ``target`` ``[B, *D]``, ``r``, ``weights``, ``t`` ``[B]``.
+    With ``t`` each term is DiffusionNFT's adaptively weighted data-prediction error (module doc)."""
     old = old.detach()
     v_pos = (1 - beta) * old + beta * pred
     v_neg = (1 + beta) * old - beta * pred
-    pos = ((v_pos - target) ** 2).flatten(1).mean(1)
-    neg = ((v_neg - target) ** 2).flatten(1).mean(1)
+    pos, neg = _term(v_pos, target, t), _term(v_neg, target, t)
     per_sample = r * pos + (1 - r) * neg
     if weights is not None:
         per_sample = weights * per_sample
     return per_sample.mean()
+
+
+def _term(v: Tensor, target: Tensor, t: Tensor | None) -> Tensor:
+    """Per sample: ``mean ||v - u||^2``, or with ``t`` the adaptive ``mean e^2 / max(mean |e|, 1e-5)`` (detached
+    denominator) of the data-prediction error ``e = (1 - t) (v - u)``."""
+    if t is None:
+        return ((v - target) ** 2).flatten(1).mean(1)
+    err = ((1 - t).reshape(-1, *([1] * (v.dim() - 1))) * (v - target)).flatten(1)
+    return (err**2).mean(1) / err.detach().abs().mean(1).clamp(min=1e-5)
 
 
 class NFTObjective(GroupedOnlineObjective):
@@ -75,7 +90,7 @@ class NFTObjective(GroupedOnlineObjective):
         cfg = self.cfg
         policy = self._policy(model)
         if step % cfg.refresh_every == 0:
-            policy.refresh(model)
+            policy.refresh(model, decay=cfg.nft_old_decay if step else 0.0)  # the first refresh is the start
         b = cfg.train.batch_size
         cond = self.labels(b, generator)
         x0 = torch.randn((b, *self.shape), generator=generator, device=self.device)
@@ -93,7 +108,8 @@ class NFTObjective(GroupedOnlineObjective):
             old = old_net(s.t, s.x_t, **cond).float()
         pred = model(s.t, s.x_t, **cond).float()
         self.budget.forward(b, 2)  # theta_old and theta on the forward process
-        loss = nft_loss(pred, old, s.target, p_opt, beta=cfg.nft_beta, weights=valid.float())
+        loss = nft_loss(pred, old, s.target, p_opt, beta=cfg.nft_beta, weights=valid.float(),
+                        t=s.t if cfg.nft_adaptive_weight else None)
         metrics: dict[str, Tensor | float] = {
             **self.reward_metrics(r, valid), "optimality_mean": p_opt.mean(),
             "old_deviation": ((pred.detach() - old) ** 2).flatten(1).mean(1).mean(),

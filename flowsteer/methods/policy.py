@@ -33,14 +33,21 @@ class LaggedPolicy:
             for p in self.net.parameters():
                 p.requires_grad_(False)
 
-    def refresh(self, model: nn.Module) -> None:
+    def refresh(self, model: nn.Module, *, decay: float = 0.0) -> None:
+        """theta_old <- theta (``decay`` 0), or the soft update ``decay theta_old + (1 - decay) theta`` of the floating
+        tensors (integer buffers are copied)."""
         model = unwrap(model)
-        if self.net is not None:
+        if self.net is not None and decay == 0:
             self.net.load_state_dict(model.state_dict())
             return
+        old = self.net.state_dict() if self.net is not None else self.weights
+        new = model.state_dict() if self.net is not None else trainable_state_dict(model)
         with torch.no_grad():
-            for k, v in trainable_state_dict(model).items():
-                self.weights[k].copy_(v)
+            for k, v in new.items():
+                if decay and old[k].is_floating_point():
+                    old[k].lerp_(v.to(old[k].dtype), 1 - decay)
+                else:
+                    old[k].copy_(v)
 
     @contextlib.contextmanager
     def network(self, model: nn.Module) -> Iterator[nn.Module]:
