@@ -106,20 +106,19 @@ def one_run(job: dict) -> dict:
     row["seconds"] = time.perf_counter() - start
     row["history"] = evaluate.history
     row["n_target"] = job["n_target"] or "full"
-    if not row["diverged"]:
-        row["final"] = evaluate.final_figures
-        row["diverged"] = not all(math.isfinite(v) for v in row["final"].values())
-        last3 = [h["w2_to_target_nfe50"] for h in evaluate.history if h["step"] > 0][-3:]
-        row.update(row["final"], w2_to_target_nfe50_last3_std=float(np.std(last3)))  # flat, as issue 4's rows were
     row["history"] = [{k: (v if math.isfinite(v) else None) for k, v in h.items()} for h in row["history"]]
-    if row["diverged"]:
-        row.pop("final", None)
+    if not row["diverged"]:
+        row["diverged"] = not evaluate.final_figures or not all(math.isfinite(v) for v in evaluate.final_figures.values())
+    if not row["diverged"]:  # figures are flat in the row too, as issue 4's rows were (benchmarks/reproduce.py reads them)
+        row["final"] = evaluate.final_figures
+        last3 = [h["w2_to_target_nfe50"] for h in row["history"] if h["step"] > 0][-3:]
+        row.update(row["final"], w2_to_target_nfe50_last3_std=float(np.std(last3, ddof=1)))
     return row
 
 
 def speed(history: list[dict], steps: int, key: str = "fd_to_target_nfe50") -> float:
     """First evaluation step (share of ``steps``) from which ``key`` stays within 10 % of its final value."""
-    pts = [(h["step"], h[key]) for h in history if h["step"] > 0 and key in h]
+    pts = [(h["step"], h[key]) for h in history if h["step"] > 0 and h.get(key) is not None]
     final = pts[-1][1]
     first = pts[-1][0]
     for step, value in reversed(pts):
@@ -130,7 +129,7 @@ def speed(history: list[dict], steps: int, key: str = "fd_to_target_nfe50") -> f
 
 
 def final_phase(history: list[dict], steps: int, key: str) -> list[float]:
-    return [h[key] for h in history if h["step"] > FINAL_PHASE * steps and key in h]
+    return [h[key] for h in history if h["step"] > FINAL_PHASE * steps and h.get(key) is not None]
 
 
 def ideal_path_lengths(base_dir: str, target: str, *, n_noise: int = 1000, max_target: int = 2000) -> dict:
@@ -205,6 +204,16 @@ def heldout_floor(target: str, n_target: int) -> float:
     return memorised_share(data.heldout.x[:1000], targets)
 
 
+def summary_of(rows: list[dict], shifts: dict) -> dict:
+    """:func:`summarise`, plus each cell's seed-0 FD@50 (the learning-rate table compares seed 0 of each cell)."""
+    summary = summarise(rows, shifts)
+    for r in rows:
+        if r["seed"] == 0:
+            key = "|".join(map(str, (r["shift"], r["sigma"], r["n_target"], r["method"], r["coupling"], r["lr_mult"])))
+            summary.setdefault(key, {})["fd_seed0"] = None if r["diverged"] else r["final"]["fd_to_target_nfe50"]
+    return summary
+
+
 def summarise(rows: list[dict], shifts: dict) -> dict:
     """Mean and std over seeds of every figure, per (shift, sigma, n, method, coupling, lr_mult) cell."""
     cells: dict = {}
@@ -221,15 +230,23 @@ def summarise(rows: list[dict], shifts: dict) -> dict:
                 if name == "step":
                     continue
                 vals = [r["final"][name] for r in ok if name in r["final"]]
-                cell[name] = (float(np.mean(vals)), float(np.std(vals)))
-            cell["speed"] = (float(np.mean([speed(r["history"], steps) for r in ok])),
-                             float(np.std([speed(r["history"], steps) for r in ok])))
+                cell[name] = (float(np.mean(vals)), sample_std(vals))
+            speeds = [speed(r["history"], steps) for r in ok]
+            cell["speed"] = (float(np.mean(speeds)), sample_std(speeds))
             for metric in ("fd_to_target_nfe50", "w2_to_target_nfe50"):
-                phases = np.array([final_phase(r["history"], steps, metric) for r in ok])  # [seeds, evaluations]
-                cell[f"{metric}_seed_std"] = float(phases.std(axis=0).mean()) if len(ok) > 1 else None
-                cell[f"{metric}_within_std"] = float(phases.std(axis=1).mean())
+                phases = [final_phase(r["history"], steps, metric) for r in ok]
+                if len({len(p) for p in phases}) != 1 or not phases[0]:
+                    continue  # an evaluation is missing (non-finite): no stability figure rather than a wrong one
+                phases = np.array(phases)  # [seeds, evaluations]
+                cell[f"{metric}_seed_std"] = float(phases.std(axis=0, ddof=1).mean()) if len(ok) > 1 else None
+                cell[f"{metric}_within_std"] = float(phases.std(axis=1, ddof=1).mean())
         out["|".join(map(str, key))] = cell
     return out
+
+
+def sample_std(values: list[float]) -> float:
+    """The sample standard deviation (ddof = 1; 0 for a single value): what every "± std" here means."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
 def verdict(a: tuple[float, float], b: tuple[float, float], lower_is_better: bool = True) -> str:
@@ -311,7 +328,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/gft-exp")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--sigma", type=float, default=0.3, help="the sigma > 0 of the grid (tuned: see --tune-sigma)")
+    ap.add_argument("--sigma", type=float, default=0.1, help="the sigma > 0 of the grid (tuned: see --tune-sigma)")
     ap.add_argument("--tune-sigma", default=None, metavar="S[,S...]",
                     help="instead of the grid: GFT + OT on digits, full targets, seeds 0-1, at each sigma")
     ap.add_argument("--mnist", action="store_true", help="add MNIST 0-4 -> 5-9 (needs `flowsteer data mnist`)")
@@ -322,8 +339,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.tables_from:
         saved = json.loads(Path(args.tables_from).read_text())
-        shifts = {shift: None for shift in dict.fromkeys(r["shift"] for r in saved["rows"])}
-        print_tables(saved["summary"], shifts, saved["sigmas"], saved["memorised_floor"])
+        shifts = {k: v for k, v in {**SHIFTS, **MNIST_SHIFT}.items() if any(r["shift"] == k for r in saved["rows"])}
+        print_tables(summary_of(saved["rows"], shifts), shifts, saved["sigmas"], saved["memorised_floor"])
         return
     if args.quick:
         SHIFTS.update({k: (a, b, steps // 10) for k, (a, b, steps) in SHIFTS.items()})
@@ -354,19 +371,18 @@ def main() -> None:
                  for sigma, m, c, lr in itertools.product(sigmas, ("sft", "gft"), ("independent", "ot"), lr_mults)]
         jobs.sort(key=lambda j: -j["steps"] * (2 if j["method"] == "gft" or j["coupling"] == "ot" else 1))  # long first
         rows = []
+        partial = out / "rows.jsonl"  # each run as it finishes, so a crash at the end loses nothing
+        partial.write_text("")
         for row in pool.imap_unordered(one_run, jobs):
             rows.append(row)
+            with partial.open("a") as f:
+                f.write(json.dumps(row, allow_nan=False, default=str) + "\n")
             fd = row["final"].get("fd_to_target_nfe4", float("nan")) if not row["diverged"] else float("nan")
             print(f"[{len(rows)}/{len(jobs)}] {row['shift']} σ {row['sigma']:g} n={row['n_target']} "
                   f"{row['method']}/{row['coupling']} seed {row['seed']} lr x{row['lr_mult']}: FD@4 {fd:.2f}"
                   f"{' DIVERGED' if row['diverged'] else ''} ({row['seconds']:.0f} s)", flush=True)
     total = time.perf_counter() - t0
-    summary = summarise(rows, shifts)
-    for r in rows:  # the learning-rate table compares seed 0 of each cell
-        if r["seed"] == 0:
-            key = "|".join(map(str, (r["shift"], r["sigma"], r["n_target"], r["method"], r["coupling"],
-                                     r["lr_mult"])))
-            summary.setdefault(key, {})["fd_seed0"] = None if r["diverged"] else r["final"]["fd_to_target_nfe50"]
+    summary = summary_of(rows, shifts)
     floors = {} if args.tune_sigma else {s: heldout_floor(shifts[s][1], 64) for s in shifts}
     bounds = {} if args.tune_sigma else {s: ideal_path_lengths(base_folder(out, shifts[s][0], 0.0), shifts[s][1])
                                          for s in SHIFTS}

@@ -63,7 +63,7 @@ def run_all(out: Path, *, with_baselines: bool = False) -> dict[str, float]:
     wait(run(py, "benchmarks/even_digits.py", "--base", str(out / "digits"), "--out", str(out / "even")))
     times["stage 2: even digits (collapse, sweep, budget)"] = time.perf_counter() - t
     t = time.perf_counter()
-    wait(run(py, "benchmarks/gft_experiment.py", "--out", str(out / "gft")))
+    wait(run(py, "benchmarks/gft_experiment.py", "--sigma", "0.1", "--out", str(out / "gft")))
     times["stage 3: GFT vs SFT"] = time.perf_counter() - t
     if with_baselines:  # issue 20's comparison: about 40 more minutes on 2 cores (two tasks side by side)
         t = time.perf_counter()

@@ -73,8 +73,9 @@ def memorised_share(samples: Tensor | np.ndarray, targets: Tensor | np.ndarray) 
 
     The threshold is the median, over the ``M`` targets, of each target's distance to its nearest *other*
     target; a sample counts as memorised when its distance to its nearest target is below it.  A model
-    that copies its targets scores 1; samples as spread as fresh draws from the target law score about
-    one half or less (a fresh draw's nearest-target distance is about a target's nearest-neighbour distance).
+    that copies its targets scores 1; fresh draws from the target law score about one half (held-out
+    samples: 0.48 on moons, 0.52 on digits 5-9 against 64 targets).  Blurred samples score higher too, so a
+    high share says the samples sit near the targets, not that they copy them.
 
     Args:
         samples: ``[N, *D]``.  targets: ``[M, *D]`` training targets, ``M >= 2``.
