@@ -40,7 +40,8 @@ trains as many steps as ORW; Flow-GRPO trains ``--rollout-updates`` (2) steps pe
 
 Tuning (stated before any run): each method sweeps 3 values of its main knob - ORW-CFM-W2 alpha {0.05, 0.15, 0.5},
 RWR tau {2, 5, 10}, RAFT kept fraction {0.1, 0.25, 0.5}, Flow-GRPO-Fast (window 2) kl_beta {0, 0.004, 0.04}, NFT
-nft_beta {0.1, 0.5, 1}; ORW (alpha = 0) has no knob.  Rule: the best setting is the highest task reward among
+nft_beta {0.1, 0.5, 1}; NFT with DiffusionNFT's stabilisers (``nft-stable``: --nft-adaptive-weight, --nft-old-decay
+0.5; added after plain NFT diverged at the full budget) the same nft_beta values; ORW (alpha = 0) has no knob.  Rule: the best setting is the highest task reward among
 those whose diversity clears the task's floor (digits: class entropy >= 1.0 nats; 8gaussians: all 3 rewarded modes
 held; sd3-tiny: pairwise distance >= half the base's); if none clears it, the most diverse one, flagged.
 Budgets are read from each run's own counts (``final``: reward_calls, model_evals, train_seconds, peak_memory_mb;
@@ -63,6 +64,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from flowsteer.io import atomic_write_json  # no bare NaN, never half a file
+
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = {  # name -> (AlignConfig fields, the knob it is tuned on, the stated values)
     "orw-w2": ({"method": "orw-w2"}, "alpha", (0.05, 0.15, 0.5)),
@@ -71,6 +74,9 @@ METHODS = {  # name -> (AlignConfig fields, the knob it is tuned on, the stated 
     "raft": ({"method": "raft"}, "raft_fraction", (0.1, 0.25, 0.5)),
     "flow-grpo": ({"method": "flow-grpo", "sde_window": 2}, "kl_beta", (0.0, 0.004, 0.04)),
     "nft": ({"method": "nft", "refresh_every": 10}, "nft_beta", (0.1, 0.5, 1.0)),
+    # the issue's NFT loss with DiffusionNFT's two stabilisers (added after "nft" diverged at the full budget)
+    "nft-stable": ({"method": "nft", "refresh_every": 10, "nft_adaptive_weight": True, "nft_old_decay": 0.5},
+                   "nft_beta", (0.1, 0.5, 1.0)),
 }
 # calls: the reward-call budget of every method (digits: ORW-CFM-W2's acceptance run, 1500 steps of 256);
 # eval_n: the task's own samples per run; train_eval: (samples, Heun steps) of align's evaluations (start and end)
@@ -153,13 +159,16 @@ class Task:
         from flowsteer.rewards import build_reward, score
 
         base = getattr(self, "base_x", x)
-        if self.name == "digits":
+        if self.name == "digits":  # samples and base clipped alike to the data's range [-1, 1]
             flat = np.clip(x.reshape(x.shape[0], -1).numpy(), -1, 1)
+            base_flat = np.clip(base.reshape(base.shape[0], -1).numpy(), -1, 1)
             pred = self.clf.predict(flat)
             return {"reward": float(np.isin(pred, [0, 2, 4, 6, 8]).mean()),
                     "class_entropy": entropy(class_histogram(pred, 10)) + 0.0,
-                    "w2_to_base": wasserstein2(flat, np.clip(base.reshape(base.shape[0], -1).numpy(), -1, 1)),
-                    "fd_to_base": frechet_distance(flat, base.reshape(base.shape[0], -1).numpy())}
+                    "w2_to_base": wasserstein2(flat, base_flat),
+                    # on the judging classifier's 10 logits, like flowsteer's own Frechet distance on digits
+                    "fd_to_base": frechet_distance(self.clf.decision_function(flat),
+                                                   self.clf.decision_function(base_flat))}
         reward = build_reward(self.reward)
         r = float(score(reward, x).mean())
         if self.name == "8gaussians":
@@ -276,10 +285,10 @@ def run_task(args: argparse.Namespace) -> None:
               + " |")
     seconds = time.perf_counter() - start
     out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps({
+    atomic_write_json(out / "summary.json", {
         "task": args.task, "quick": args.quick, "device": device_name(), "base": task.base, "reward": task.reward,
         "budget": budget, "rule": f"highest reward with {task.diversity} >= {task.floor:g}, else the most diverse",
-        "base_figures": task.base_figures, "rows": rows, "chosen": chosen, "seconds": round(seconds, 1)}, indent=1))
+        "base_figures": task.base_figures, "rows": rows, "chosen": chosen, "seconds": round(seconds, 1)})
     print(f"\n{out / 'summary.json'} ({seconds / 60:.1f} min)")
 
 
@@ -343,7 +352,7 @@ def cost_table(args: argparse.Namespace) -> None:
         print(f"| {r['scale']} | {r['method']} | {r['s_per_step']:.3g} | {r['s_per_1000_calls']:.3g} | "
               f"{r['peak_memory_mb']:.0f} | {r['time_ratio']:.2f} | {r['call_ratio']:.2f} | {r['memory_ratio']:.2f} |")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps({"device": device_name(), "quick": quick, "rows": rows}, indent=1))
+    atomic_write_json(out / "summary.json", {"device": device_name(), "quick": quick, "rows": rows})
     print(f"\n{out / 'summary.json'}; peak memory: {rows[0]['peak_memory_source']}")
 
 
@@ -353,7 +362,7 @@ def main() -> None:
     ap.add_argument("--base", default=None, help="digits: a pretrained digits run (default: pretrained into OUT/bases)")
     ap.add_argument("--out", default="runs/baselines")
     ap.add_argument("--reward-calls", type=int, default=None, help="override the task's budget")
-    ap.add_argument("--methods", default="orw-w2,orw,rwr,raft,flow-grpo,nft", help="comma-separated names of METHODS "
+    ap.add_argument("--methods", default="orw-w2,orw,rwr,raft,flow-grpo,nft,nft-stable", help="comma-separated names of METHODS "
                                                                                     "(orw-w2 first: the cost ratios)")
     ap.add_argument("--quick", action="store_true", help="smoke test: budgets shrunk about 30x")
     args = ap.parse_args()

@@ -17,13 +17,16 @@ def _run(label: str, method: str, final: dict, *, alpha: float = 0.15, reward: s
                                                             "settings": settings}, final=final)
 
 
+CUDA = {"peak_memory_source": "torch.cuda.max_memory_allocated"}
+
+
 def test_ratios_divide_by_the_default_alpha_orw_run_of_the_same_base_and_reward():
     orw = _run("orw", "orw-w2", {"reward_mean": 0.9, "class_entropy": 1.5, "reward_calls": 2000, "steps": 10,
-                                 "train_seconds": 4.0, "peak_memory_mb": 200.0, "model_evals": 24000})
+                                 "train_seconds": 4.0, "peak_memory_mb": 200.0, "model_evals": 24000, **CUDA})
     other_alpha = _run("orw-a1", "orw-w2", {"reward_calls": 2000, "steps": 10, "train_seconds": 1.0,
                                             "peak_memory_mb": 1.0}, alpha=1.0)
     grpo = _run("grpo", "flow-grpo", {"reward_mean": 1.0, "pairwise_distance": 0.3, "reward_calls": 1000, "steps": 20,
-                                      "train_seconds": 6.0, "peak_memory_mb": 300.0})
+                                      "train_seconds": 6.0, "peak_memory_mb": 300.0, **CUDA})
     elsewhere = _run("nft-other-reward", "nft", {"reward_calls": 5, "steps": 1, "train_seconds": 1.0},
                      reward="digits:1")
     uncounted = _run("old", "nft", {"reward_mean": 0.5})  # written before budgets were counted: left out
@@ -41,6 +44,10 @@ def test_ratios_divide_by_the_default_alpha_orw_run_of_the_same_base_and_reward(
     page = comparison_section([orw, grpo])
     assert "Methods at one budget" in page and "<td>0.75</td>" in page and "<td>1.5</td>" in page
     assert comparison_section([orw]) == ""  # nothing to compare
+    # a CPU run's peak is its process's RSS, which grows with whatever ran before in it: no memory ratio
+    rss = {"peak_memory_source": "process peak RSS (getrusage)"}
+    cpu = comparison_rows([_run("orw", "orw-w2", {**orw.final, **rss}), _run("grpo", "flow-grpo", {**grpo.final, **rss})])
+    assert all(row["memory_ratio"] is None and row["time_ratio"] is not None for _, row in cpu[0][2])
 
 
 def test_the_report_of_a_folder_of_align_runs_shows_the_comparison(moons_run, tmp_path):

@@ -72,7 +72,9 @@ def comparison_rows(runs: list[ReportRun]) -> list[tuple[str, ReportRun | None, 
             row["time_ratio"] = _ratio(row["seconds_per_step"], ref_row.get("seconds_per_step"))
             row["time_per_call_ratio"] = _ratio(row["seconds_per_1000_reward_calls"],
                                                 ref_row.get("seconds_per_1000_reward_calls"))
-            row["memory_ratio"] = _ratio(row["peak_memory_mb"], ref_row.get("peak_memory_mb"))
+            # a process's peak RSS (CPU) grows with whatever ran before in that process: only CUDA peaks compare
+            cuda = all(str(x.final.get("peak_memory_source", "")).startswith("torch.cuda") for x in (r, ref) if x)
+            row["memory_ratio"] = _ratio(row["peak_memory_mb"], ref_row.get("peak_memory_mb")) if cuda else None
             rows.append((r, row))
         out.append((f"base {base}, reward {reward}", ref, rows))
     return out

@@ -5,7 +5,7 @@ with std 0.2.  ``gaussian-modes:0,3,5`` rewards modes 0, 3 and 5 with a smooth b
 
     r(x) = max_{k in modes} exp(-||x - c_k||^2 / (2 w^2)),    w = 0.5,
 
-in [0, 1]: 1 at a rewarded centre, about 0.92 one mode-std away, and below 1e-3 at the neighbouring
+in [0, 1]: 1 at a rewarded centre, about 0.92 one mode-std away, and about 0.009 at the neighbouring
 (unrewarded) modes 1.53 away.  :func:`mode_shares` assigns samples to their nearest of the 8 centres.
 """
 
