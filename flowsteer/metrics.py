@@ -60,7 +60,7 @@ def entropy(p: np.ndarray) -> float:
     """Shannon entropy in nats of a probability vector (``0 log 0 = 0``)."""
     p = np.asarray(p, dtype=np.float64)
     p = p[p > 0]
-    return float(-(p * np.log(p)).sum())
+    return float(-(p * np.log(p)).sum()) + 0.0  # + 0.0: one class gives 0, not -0
 
 
 def total_variation(p: np.ndarray, q: np.ndarray) -> float:

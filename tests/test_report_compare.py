@@ -63,3 +63,17 @@ def test_the_report_of_a_folder_of_align_runs_shows_the_comparison(moons_run, tm
     page = write_report([folder], tmp_path / "report").read_text()
     assert "id='budget-comparison'" in page and "s/step vs ORW-CFM-W2" in page
     assert "nft, nft_beta=1" in page and "process peak RSS" in page
+
+
+def test_each_method_is_labelled_by_its_own_knob_and_one_class_has_entropy_zero_not_minus_zero():
+    from flowsteer.metrics import entropy
+
+    def labelled(method, settings, final=None):
+        return ReportRun(path=Path(method), label=method, config={"method": "align", "settings": {
+            "method": method, **settings}}, final=final or {}).describe()
+
+    assert labelled("rwr", {"tau": 5.0, "alpha": 0.0}) == "rwr, tau=5"
+    assert labelled("raft", {"raft_fraction": 0.25, "alpha": 0.15, "w2": True}) == "raft, raft_fraction=0.25, alpha=0.15"
+    assert labelled("orw-w2", {"alpha": 0.15}, {"final_alpha": 0.2}) == "orw-w2, alpha=0.2"
+    assert labelled("nft", {"nft_beta": 0.5}) == "nft, nft_beta=0.5"
+    assert str(entropy([1.0, 0.0])) == "0.0"

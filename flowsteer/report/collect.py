@@ -33,10 +33,14 @@ class ReportRun:
     def describe(self) -> str:
         s = self.config.get("settings", {})
         if self.method == "align":  # the method's own knob: alpha (as it ended), kl_beta (flow-grpo), nft_beta (nft)
-            knob = {"flow-grpo": "kl_beta", "nft": "nft_beta"}.get(str(s.get("method")), "alpha")
+            knob = {"flow-grpo": "kl_beta", "nft": "nft_beta", "rwr": "tau", "raft": "raft_fraction"}.get(
+                str(s.get("method")), "alpha")
             value = self.final.get("final_alpha", s.get("alpha")) if knob == "alpha" else s.get(knob)
-            return f"{s.get('method', 'align')}, {knob}={value:g}" if isinstance(value, (int, float)) \
-                else str(s.get("method"))
+            if not isinstance(value, (int, float)):
+                return str(s.get("method"))
+            w2 = f", alpha={self.final.get('final_alpha', s.get('alpha')):g}" \
+                if knob in ("tau", "raft_fraction") and s.get("w2") else ""  # rwr/raft with the W2 term
+            return f"{s.get('method', 'align')}, {knob}={value:g}{w2}"
         if self.method == "adapt":
             return f"{s.get('method', 'adapt')} / {s.get('coupling', '?')}"
         return f"pretrain on {self.config.get('data', {}).get('spec', '?')}"
