@@ -47,24 +47,28 @@ FINAL_PHASE = 0.75  # the adapt default final_fraction 0.25: tau = 0 after 75 % 
 LR_MULTIPLIERS = (3, 10)
 
 
+def adapt_targets(base, base_dir: str, target: str, n_target: int | None):
+    """The training targets and held-out samples that ``adapt`` itself uses (data units)."""
+    from flowsteer.config import adapt_train_defaults
+    from flowsteer.methods import gft
+
+    config = gft.AdaptConfig(base=base_dir, target=target, n_target=n_target)
+    return gft.target_samples(config, base, adapt_train_defaults().batch_size)
+
+
 class Evaluator:
     """FD@50 and W2@50 on 500 samples every 10 % of the steps and every 5 % in the final tau = 0 phase (the history
     that speed and stability read); at the last step also every NFE, paths and diversity on 1000 samples."""
 
     def __init__(self, base_dir: str, target: str, n_target: int | None, steps: int) -> None:
-        from flowsteer.data import load_data
         from flowsteer.evaluators import AdaptEvaluator
         from flowsteer.runs import load_run
 
         base = load_run(base_dir)
-        data = load_data(target, normalize="none")
-        targets = data.train.x
-        if n_target is not None:  # the same selection as adapt's (flowsteer.methods.gft._target_samples)
-            import torch
-            targets = targets[torch.randperm(len(targets), generator=torch.Generator().manual_seed(0))[:n_target]]
+        targets, heldout = adapt_targets(base, base_dir, target, n_target)
         common = dict(decode=base.decode, shape=base.shape, sigma=base.sigma)
-        self.during = AdaptEvaluator(data.heldout.x, nfes=(50,), n=500, paths=False, **common)
-        self.final = AdaptEvaluator(data.heldout.x, nfes=NFES, n=1000, targets=targets if n_target else None, **common)
+        self.during = AdaptEvaluator(heldout, nfes=(50,), n=500, paths=False, **common)
+        self.final = AdaptEvaluator(heldout, nfes=NFES, n=1000, targets=targets if n_target else None, **common)
         self.steps, self.every = steps, steps // EVAL_SHARE
         self.history: list[dict] = []
         self.final_figures: dict = {}
@@ -192,16 +196,13 @@ def base_folder(out: Path, source: str, sigma: float) -> str:
     return str(out / f"base-{source.replace(':', '_')}-sigma{sigma:g}")
 
 
-def heldout_floor(target: str, n_target: int) -> float:
+def heldout_floor(base_dir: str, target: str, n_target: int) -> float:
     """``memorised_share`` of 1000 held-out target samples against the 64 training targets (the no-copy level)."""
-    import torch
-
-    from flowsteer.data import load_data
     from flowsteer.metrics import memorised_share
+    from flowsteer.runs import load_run
 
-    data = load_data(target, normalize="none")
-    targets = data.train.x[torch.randperm(len(data.train.x), generator=torch.Generator().manual_seed(0))[:n_target]]
-    return memorised_share(data.heldout.x[:1000], targets)
+    targets, heldout = adapt_targets(load_run(base_dir), base_dir, target, n_target)
+    return memorised_share(heldout[:1000], targets)
 
 
 def summary_of(rows: list[dict], shifts: dict) -> dict:
@@ -383,7 +384,8 @@ def main() -> None:
                   f"{' DIVERGED' if row['diverged'] else ''} ({row['seconds']:.0f} s)", flush=True)
     total = time.perf_counter() - t0
     summary = summary_of(rows, shifts)
-    floors = {} if args.tune_sigma else {s: heldout_floor(shifts[s][1], 64) for s in shifts}
+    floors = {} if args.tune_sigma else {s: heldout_floor(base_folder(out, shifts[s][0], 0.0), shifts[s][1], 64)
+                                         for s in shifts}
     bounds = {} if args.tune_sigma else {s: ideal_path_lengths(base_folder(out, shifts[s][0], 0.0), shifts[s][1])
                                          for s in SHIFTS}
     (out / "results.json").write_text(json.dumps({"rows": rows, "summary": summary, "total_seconds": total,

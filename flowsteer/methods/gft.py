@@ -38,7 +38,7 @@ from ..training import StepOutput, Trainer
 from .common import finish_run, fit, prepare_model, run_context, run_device, run_header, start_run_folder
 from .configs import AdaptConfig
 
-__all__ = ["AdaptConfig", "GFTObjective", "adapt"]
+__all__ = ["AdaptConfig", "GFTObjective", "adapt", "target_samples"]
 
 
 class GFTObjective:
@@ -76,7 +76,7 @@ class GFTObjective:
         return StepOutput(loss=loss, metrics={"tau": tau}, monitor=fm.detach())  # divergence: the CFM term, free of tau
 
 
-def _target_samples(config: AdaptConfig, base: Run, batch_size: int) -> tuple[Tensor, Tensor]:
+def target_samples(config: AdaptConfig, base: Run, batch_size: int) -> tuple[Tensor, Tensor]:
     """The target's training samples (``n_target`` of them, if set) and its held-out split, in data units."""
     data = load_data(config.target, normalize="none")
     if data.train.shape != base.shape:
@@ -107,7 +107,7 @@ def adapt(config: AdaptConfig, out: str | Path | None, *, progress: str = "auto"
     sigma = base.sigma if config.sigma is None else float(config.sigma)
     if sigma != base.sigma:
         raise ConfigError(f"--sigma {sigma} differs from the base's sigma {base.sigma}; GFT blends drifts of one sigma")
-    target, heldout = _target_samples(config, base, config.train.batch_size)
+    target, heldout = target_samples(config, base, config.train.batch_size)
     schedule = config.temperature()
     ctx = run_context(config.train, device=device, desc="adapt")
     prepared = prepare_model(base, lora_rank=config.lora_rank, lora_alpha=config.lora_alpha,
