@@ -103,22 +103,27 @@ def test_huge_tau_leaves_the_base_unchanged():
         assert (change < 1e-2) if expect_small else (change > 0.1), (tau, change)
 
 
+def fit_at_tau_one(pretrained: nn.Module, *, sigma: float, steps: int, batch_size: int) -> nn.Module:
+    """A small MLP trained by GFT at the constant tau = 1 toward N(3, 0.5^2) samples (seeded), EMA weights loaded."""
+    torch.manual_seed(0)
+    data = 3 + 0.5 * torch.randn(20_000, 1)
+    model = MLPVelocity(shape=(1,), hidden=64, depth=2)
+    obj = GFTObjective(data, pretrained=pretrained, schedule=TemperatureSchedule("constant", 1.0, 1, steps, 0.0),
+                       sigma=sigma, coupling="independent", batch_size=batch_size)
+    trainer = Trainer(model, obj, TrainConfig(steps=steps, lr=2e-3, warmup_steps=50, ema_decay=0.995,
+                                              log_every=min(500, steps)), generator=torch.Generator().manual_seed(0))
+    trainer.fit()
+    model.load_state_dict(trainer.sampling_state_dict())
+    return model
+
+
 def test_trained_field_matches_the_blend_at_fixed_tau():
     """At tau = 1 the network converges to (b_q + v_pre) / 2.
 
     Tolerance 0.1 on +-2 sd of the training marginal x_t (the target's path); outside it the tau term is
     never evaluated, so nothing pins the network there.
     """
-    torch.manual_seed(0)
-    pre = Analytic(0.0, 1.0)
-    data = 3 + 0.5 * torch.randn(20_000, 1)
-    model = MLPVelocity(shape=(1,), hidden=64, depth=2)
-    obj = GFTObjective(data, pretrained=pre, schedule=TemperatureSchedule("constant", 1.0, 1, 2500, 0.0), sigma=0.0,
-                       coupling="independent", batch_size=512)
-    trainer = Trainer(model, obj, TrainConfig(steps=2500, lr=2e-3, warmup_steps=50, ema_decay=0.995, log_every=500),
-                      generator=torch.Generator().manual_seed(0))
-    trainer.fit()
-    model.load_state_dict(trainer.sampling_state_dict())
+    model = fit_at_tau_one(Analytic(0.0, 1.0), sigma=0.0, steps=2500, batch_size=512)
     errs = []
     with torch.no_grad():
         for t in (0.1, 0.3, 0.5, 0.7, 0.9):

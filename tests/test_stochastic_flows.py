@@ -17,15 +17,12 @@ import torch
 from torch import nn
 
 from conftest import cli
-from flowsteer.config import BRIDGE_EPS, TrainConfig
-from flowsteer.methods.gft import GFTObjective
+from test_gft import fit_at_tau_one
+from flowsteer.config import BRIDGE_EPS
 from flowsteer.metrics import memorised_share
-from flowsteer.models import MLPVelocity
 from flowsteer.paths import BrownianBridgePath, LinearPath
 from flowsteer.runs import load_run
-from flowsteer.schedules import TemperatureSchedule
 from flowsteer.solvers import integrate
-from flowsteer.training import Trainer
 
 M, S = 2.0, 0.5
 
@@ -148,16 +145,7 @@ def test_gft_on_bridges_learns_the_blend_of_drifts():
     of the same sigma (pre: N(0, 1) -> N(0, 1); target N(3, 0.5^2)).  Tolerance 0.15 on +-2 sd of the
     target's x_t at t <= 0.7 (the bridge's targets are noisier than the line's, variance sigma^2 t / (1 - t))."""
     sigma = 0.5
-    torch.manual_seed(0)
-    pre = Drift(m=0.0, s=1.0, sigma=sigma)
-    data = 3 + 0.5 * torch.randn(20_000, 1)
-    model = MLPVelocity(shape=(1,), hidden=64, depth=2)
-    obj = GFTObjective(data, pretrained=pre, schedule=TemperatureSchedule("constant", 1.0, 1, 3000, 0.0),
-                       sigma=sigma, coupling="independent", batch_size=1024)
-    trainer = Trainer(model, obj, TrainConfig(steps=3000, lr=2e-3, warmup_steps=50, ema_decay=0.995, log_every=1000),
-                      generator=torch.Generator().manual_seed(0))
-    trainer.fit()
-    model.load_state_dict(trainer.sampling_state_dict())
+    model = fit_at_tau_one(Drift(m=0.0, s=1.0, sigma=sigma), sigma=sigma, steps=3000, batch_size=1024)
     errs = []
     with torch.no_grad():
         for t in (0.1, 0.3, 0.5, 0.7):
