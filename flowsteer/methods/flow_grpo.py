@@ -91,7 +91,7 @@ class FlowGRPOObjective(GroupedOnlineObjective):
         times, hs, cs, stds = (v.index_select(0, rd["idx"]) for v in (g.times[:-1], g.h, g.c, g.std))
         width = int(rd["idx"].shape[0])  # a shape, not a device read
         self.budget.forward(rd["states"].shape[1], width * (2 if cfg.kl_beta > 0 else 1))  # policy (and reference)
-        ratios, log_ratios, kls, policy_terms = [], [], [], []
+        log_ratios, kls, policy_terms = [], [], []
         for j in range(width):
             x, x_next = rd["states"][j], rd["states"][j + 1]
             mean = sde_step_mean(x, call_velocity(model, times[j], x, rd["cond"]), times[j], hs[j], cs[j])
@@ -99,7 +99,6 @@ class FlowGRPOObjective(GroupedOnlineObjective):
             log_ratio = log_prob - rd["old_log_probs"][j]
             ratio = torch.exp(log_ratio)
             policy_terms.append(clipped_policy_loss(rd["adv"], ratio, cfg.clip_range))
-            ratios.append(ratio.detach())
             log_ratios.append(log_ratio.detach())
             if cfg.kl_beta > 0:
                 with torch.no_grad():
@@ -108,7 +107,8 @@ class FlowGRPOObjective(GroupedOnlineObjective):
                 kls.append(gaussian_kl(mean, ref_mean, stds[j]).mean())
         policy = torch.stack(policy_terms).mean()
         loss = policy + cfg.kl_beta * torch.stack(kls).mean() if kls else policy
-        ratio_all = torch.stack(ratios)
+        log_ratio_all = torch.stack(log_ratios)  # [steps, B]
+        ratio_all = log_ratio_all.exp()
         self.last_ratio = ratio_all
         metrics: dict[str, Tensor | float] = {
             **self.reward_metrics(rd["r"], rd["valid"]), "policy_loss": policy.detach(),
@@ -122,7 +122,7 @@ class FlowGRPOObjective(GroupedOnlineObjective):
         # The clipped surrogate starts at 0 by construction (advantages have mean 0, ratios are 1), so a multiple of
         # its first value means nothing; the divergence check watches 1 + E[|A| |log r|] (+ beta KL) instead: 1 on
         # policy, above 10^4 only when the policy runs away from its own rollouts (ratios to 0 or to infinity).
-        monitor = 1 + (rd["adv"].abs() * torch.stack(log_ratios).abs()).mean() + (cfg.kl_beta * metrics["kl"] if kls else 0.0)
+        monitor = 1 + (rd["adv"].abs() * log_ratio_all.abs()).mean() + (cfg.kl_beta * metrics["kl"] if kls else 0.0)
         return StepOutput(loss=loss, metrics=metrics, monitor=monitor)
 
     # -- state for resume -------------------------------------------------------
