@@ -6,6 +6,7 @@ Torch-free, so that ``flowsteer --help`` answers at once; every field is also a 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -88,6 +89,11 @@ class AlignConfig(FineTuneStart):
                                "smaller chases the reward; a list like 0,0.1,0.3,1 runs a sweep")
     tau: float = option(ALIGN_DEFAULT_TAU, gt=0, on_resume="apply", help="inverse temperature of the weights exp(tau*r)")
     refresh_every: int = option(50, ge=1, on_resume="apply", help="K: steps between refreshes of the sampling policy")
+    target_beta: float | None = option(
+        None, metavar="BETA", gt=0,
+        help="aim ORW without the W2 term at the KL-regularised optimum q0 exp(r/BETA): by Theorem 2, N refreshes "
+             "give q0 exp(N tau r), so the sampling policy is refreshed N - 1 times, every K steps, and then kept; "
+             "N = 1/(BETA tau) must be a whole number and --steps at least N K (needs --method orw)")
     rollout_solver: str = option("euler", choices=SOLVERS, on_resume="apply", help="solver of the rollouts")
     rollout_steps: int = option(10, ge=1, on_resume="apply", help="solver steps of each rollout")
     weights: str = option("mean", choices=("mean", "none"),
@@ -135,6 +141,39 @@ class AlignConfig(FineTuneStart):
     train: TrainConfig = option(factory=align_train_defaults, help="optimisation")
 
     @property
+    def target_refreshes(self) -> int | None:
+        """N of ``target_beta`` (``round(1 / (beta tau))``; None without a target): the phases, each fitting
+        ``q_{n-1} exp(tau r)``, whose product is ``q0 exp(N tau r) = q0 exp(r / beta)``."""
+        return None if self.target_beta is None else max(1, round(1.0 / (self.target_beta * self.tau)))
+
+    def refreshes_at(self, step: int) -> bool:
+        """Whether the sampling policy is refreshed before ``step`` (step 0 copies the base's weights): every
+        ``refresh_every`` steps, and with ``target_beta`` only for the first N phases."""
+        if step % self.refresh_every:
+            return False
+        n = self.target_refreshes
+        return n is None or step < n * self.refresh_every
+
+    def _target_problems(self) -> list[str]:
+        if self.target_beta is None:
+            return []
+        if self.effective_alpha != 0 or self.w2_budget is not None or self.method not in ("orw", "orw-w2"):
+            return [("--target-beta plans the refreshes of ORW without the W2 term (Theorem 2 holds at alpha = 0); "
+                     "use it with --method orw")]
+        exact = 1.0 / (self.target_beta * self.tau)
+        n = self.target_refreshes
+        if abs(exact - n) > 1e-6 * exact:
+            lo, hi = max(1, math.floor(exact)), math.floor(exact) + 1
+            return [(f"--target-beta {self.target_beta:g} with --tau {self.tau:g} asks for N = 1/(beta tau) = "
+                     f"{exact:.3g} phases, not a whole number; use --tau {1 / (self.target_beta * hi):.4g} (N = {hi}) "
+                     f"or --tau {1 / (self.target_beta * lo):.4g} (N = {lo})")]
+        if self.train.steps < n * self.refresh_every:
+            return [(f"--target-beta needs N = {n} phases of --refresh-every {self.refresh_every} steps, so --steps "
+                     f"must be at least {n * self.refresh_every} (it is {self.train.steps}); raise --steps or lower "
+                     "--refresh-every")]
+        return []
+
+    @property
     def effective_alpha(self) -> float:
         """The W2 weight in use: 0 for ``orw``, and for ``rwr``/``raft`` without ``w2`` or a budget."""
         if self.method == "orw" or (self.method in ("rwr", "raft") and not self.w2 and self.w2_budget is None):
@@ -157,6 +196,8 @@ class AlignConfig(FineTuneStart):
         check_choice(p, "on-bad-reward", self.on_bad_reward, ("stop", "skip"))
         p += self.start_problems()
         p += baseline_problems(self)
+        if not p:
+            p += self._target_problems()
         return p
 
 

@@ -196,7 +196,7 @@ class RewardWeightedObjective(AlignObjectiveBase):
             if self._pending_policy is not None:
                 self.policy.load_state_dict(self._pending_policy)
                 self._pending_policy = None
-        if step % self.cfg.refresh_every == 0:
+        if self.cfg.refreshes_at(step):
             self.policy.refresh(model)
         with self.policy.network(model) as policy:
             x1, cond = self._rollout(policy, b, generator)
