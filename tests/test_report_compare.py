@@ -76,4 +76,6 @@ def test_each_method_is_labelled_by_its_own_knob_and_one_class_has_entropy_zero_
     assert labelled("raft", {"raft_fraction": 0.25, "alpha": 0.15, "w2": True}) == "raft, raft_fraction=0.25, alpha=0.15"
     assert labelled("orw-w2", {"alpha": 0.15}, {"final_alpha": 0.2}) == "orw-w2, alpha=0.2"
     assert labelled("nft", {"nft_beta": 0.5}) == "nft, nft_beta=0.5"
+    assert labelled("orw", {"alpha": 0.15, "tau": 5.0, "target_beta": 0.05}, {"final_alpha": 0.0}) == \
+        "orw, target_beta=0.05, tau=5"
     assert str(entropy([1.0, 0.0])) == "0.0"

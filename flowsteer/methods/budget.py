@@ -138,4 +138,6 @@ def run_title(config: Any) -> str:
                 f"noise={config.sde_noise:g}")
     if config.method == "nft":
         return f"nft nft_beta={config.nft_beta:g} G={config.group_size}"
+    if getattr(config, "target_beta", None) is not None:
+        return f"{config.method} target_beta={config.target_beta:g} tau={config.tau:g} ({config.target_refreshes} phases)"
     return f"{config.method} alpha={config.effective_alpha:g} tau={config.tau:g}"
