@@ -1,27 +1,40 @@
-"""ORW-CFM-W2's MNIST experiment (issue 15) at the scale this machine allows, through the CLI.
+"""ORW-CFM-W2's MNIST experiments (issue 15) through the CLI, and the frontier beyond the paper.
 
     flowsteer data mnist                                   # once
-    python benchmarks/mnist_paper.py [--out runs/mnist] [--setting cpu|gpu] [--alphas 0,default,1]
+    python benchmarks/mnist_paper.py [--out runs/mnist] [--setting cpu|gpu] [--workers 2]
 
-Settings:
-  cpu: the UNet with base channels 32, pretrained 2800 steps at batch 128 (about 30 min on one idle core; it passes
-       the base acceptance: judge P(even) 0.487, class TV 0.049 to the data); align runs of 1500 steps (the CLI
-       default, not yet run on CPU).  An MLP (width 1024, 6000 steps) failed the base acceptance (P(even) 0.862)
-  gpu: the UNet (28x28, base channels 64) pretrained 20000 steps; align runs of 10000 steps (the paper's budget)
+Settings (every figure says which was used):
+  cpu: the UNet with base channels 32, pretrained 2800 steps at batch 128 (it passes the base acceptance);
+       align runs at batch 64 with 10 Euler rollout steps (one step about 1.3 s on one core, so 1000 steps
+       fit the 30-minute limit per run), compressibility runs 600 steps; scoring samples with 20 Euler steps
+  gpu: the UNet (base channels 64) pretrained 20000 steps; align runs of 10000 steps at batch 256 (the
+       paper's budget); scoring samples with 50 Euler steps
 
-Runs: pretrain on MNIST, then `flowsteer align --reward even-mnist` at each alpha (default: 0, the documented
-default, and 1), two at a time.  Every run is evaluated on 2000 samples (50 Euler steps) with
-`flowsteer evaluate --reward even-mnist-judge`: P(even) and the class histogram come from the independent
-judge classifier, never from the network the reward used (so reward hacking cannot pass as success).  The
-base's histogram is compared with the data's (total variation).  Writes OUT/summary.json and prints a
-table; the report (`flowsteer report OUT`) shows the runs like the digits runs.
+Runs (OUT/...; a run folder that already holds a finished run is reused, not trained again):
+  base               flowsteer pretrain --data mnist --model unet ...
+  even/alpha-A       flowsteer align --reward even-mnist --alpha A        for A in 0, 0.15 (the default), 1
+  even/budget        ... --w2-budget EPS (EPS = --budget)
+  compress/alpha-A   flowsteer align --reward jpeg-compressibility --alpha A   for A in 0, 0.15, 1
+  frontier/beta-B    flowsteer align --reward even-mnist --method orw --target-beta B --tau 1/(4B) --refresh-every S/4
+                     (4 phases over the S steps; B is chosen from the base's samples before training: see frontier_target)
+
+Scoring: every run and the base draw 2000 samples (`flowsteer sample`, Euler, seed 7) into OUT/samples/.  P(even),
+the class histogram and its entropy come from the independent judge classifier (`even-mnist-judge`: another
+architecture and seed than the reward's), never from the network the reward used, so reward hacking cannot pass
+as success; the reward classifier's own mean P(even) is reported beside it.  W2 (exact OT, POT) and the pixel
+Frechet distance are measured to the base's 2000 samples; the JPEG size (quality 95) of every sample is the
+compressibility reward.
+
+Writes OUT/summary.json, OUT/results.md (the tables), OUT/reward_vs_step.png (the paper's figure: the rollouts'
+mean reward per logged step), OUT/collapse_grid.png (alpha = 0 beside the default), OUT/class_histograms.png and
+OUT/compressibility.png (reward against W2 to the base).  `flowsteer report OUT` shows the runs like the digits
+runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
@@ -29,28 +42,169 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
-SETTINGS = {"cpu": {"pretrain": ["--model", "unet", "--width", "32", "--steps", "2800", "--batch-size", "128"],
-                    "align_steps": "1500"},
-            "gpu": {"pretrain": ["--model", "unet", "--steps", "20000", "--batch-size", "128"], "align_steps": "10000"}}
+EVEN = (0, 2, 4, 6, 8)
+FRONTIER_BETAS = (0.2, 0.1, 0.05, 0.02)  # the candidate targets, largest (least sharpened) first
+FRONTIER_SHARE = 0.9999  # the predicted even share the chosen target must reach (see frontier_target)
+FRONTIER_PHASES = 4  # N: on 8x8 digits 4 phases of tau = 5 followed q0 exp(r / 0.05) closer than 2 of tau = 10
+
+SETTINGS = {
+    "cpu": {"pretrain": ["--model", "unet", "--width", "32", "--steps", "2800", "--batch-size", "128"],
+            "align": ["--batch-size", "64", "--eval-every", "250", "--eval-samples", "128", "--eval-steps", "10",
+                      "--eval-solver", "euler"],
+            "even_steps": 1000, "compress_steps": 600, "sample_steps": 20},
+    "gpu": {"pretrain": ["--model", "unet", "--steps", "20000", "--batch-size", "128"],
+            "align": ["--batch-size", "256"], "even_steps": 10000, "compress_steps": 10000, "sample_steps": 50},
+}
 
 
 def cli(*args: str, threads: int | None = None) -> float:
-    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {})}
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "flowsteer", *args, "--quiet"], check=True, cwd=ROOT, env=env)
     return time.perf_counter() - start
 
 
-def judged(run: Path, base: Path | None, threads: int | None) -> dict:
-    args = ["evaluate", "--model", str(run), "--reward", "even-mnist-judge", "--n", "2000", "--nfe", "50",
-            "--json", str(run / "evaluation.json")]
-    cli(*args, *(["--reference", str(base)] if base else []), threads=threads)
-    m = json.loads((run / "evaluation.json").read_text())["metrics"]
-    hist = m["class_histogram"]
-    return {"p_even": m["reward_mean"], "class_entropy": m["class_entropy"], "class_histogram": hist,
-            "even_classes_min_share": min(hist[c] for c in (0, 2, 4, 6, 8)),
-            "w2_to_base": m.get("w2_to_reference")}
+def finished(run: Path) -> bool:
+    """Whether ``run`` holds a run trained to its own --steps (config.json's steps_done)."""
+    try:
+        config = json.loads((run / "config.json").read_text())
+        return config["steps_done"] >= config["settings"]["train"]["steps"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def frontier_target(rewards, labels) -> tuple[float, list[dict]]:
+    """The frontier's beta, chosen from the base's samples alone (before training), by
+    :func:`flowsteer.tilt.choose_beta`: the reward classifier's P(even) is r, the judge labels the classes, and the
+    chosen beta is the largest candidate whose predicted even share under q0 exp(r / beta) is at least
+    FRONTIER_SHARE = 0.9999, the rule of benchmarks/even_digits.py: a trained model keeps 20-40 times more odd
+    digits than its tilt predicts (8x8 digits, beta = 0.1), so the margin over the 0.99 asked for is wide."""
+    import torch
+
+    from flowsteer.tilt import choose_beta
+
+    beta, table = choose_beta(torch.as_tensor(rewards), torch.as_tensor(labels), betas=FRONTIER_BETAS,
+                              min_share=FRONTIER_SHARE, num_classes=10, rewarded=EVEN)
+    return beta, [{"beta": p.beta, "even_share": p.rewarded_share, "class_entropy": p.class_entropy,
+                   "class_shares": p.class_shares, "effective_samples": p.effective_samples} for p in table]
+
+
+class Scorer:
+    """Samples a run once (into OUT/samples/NAME.npy, outside the run folder) and measures it."""
+
+    def __init__(self, out: Path, sample_steps: int, threads: int | None) -> None:
+        self.out, self.sample_steps, self.threads = out, sample_steps, threads
+
+    def samples(self, name: str, run: Path) -> np.ndarray:
+        path = self.out / "samples" / f"{name.replace('/', '_')}.npy"
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            cli("sample", "--model", str(run), "--n", "2000", "--solver", "euler", "--steps", str(self.sample_steps),
+                "--seed", "7", "--out", str(path), threads=self.threads)
+        return np.clip(np.load(path).reshape(-1, 1, 28, 28), -1, 1).astype(np.float32)
+
+    def figures(self, x: np.ndarray, base_x: np.ndarray | None) -> dict:
+        import torch
+
+        from flowsteer.metrics import (
+            class_histogram,
+            entropy,
+            frechet_distance,
+            wasserstein2,
+        )
+        from flowsteer.rewards.builtins import JpegSizeReward
+        from flowsteer.rewards.mnist_classifier import mnist_probabilities
+
+        xt = torch.from_numpy(x)
+        judge = mnist_probabilities(xt, "judge")
+        labels = judge.argmax(1).numpy()
+        hist = class_histogram(labels, 10)
+        out = {"p_even": float(np.isin(labels, EVEN).mean()), "class_entropy": entropy(hist),
+               "class_histogram": [round(float(v), 4) for v in hist],
+               "even_classes_min_share": float(min(hist[c] for c in EVEN)),
+               "reward_classifier_p_even": float(mnist_probabilities(xt, "reward")[:, list(EVEN)].sum(1).mean()),
+               "jpeg_kb": float(-JpegSizeReward()(xt).mean())}
+        if base_x is not None:
+            out["w2_to_base"] = wasserstein2(x.reshape(len(x), -1), base_x.reshape(len(base_x), -1))
+            out["frechet_to_base"] = frechet_distance(x.reshape(len(x), -1), base_x.reshape(len(base_x), -1))
+        return out
+
+
+def curve(run: Path) -> list[tuple[int, float]]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [(r["step"], r["reward"]) for r in rows if r.get("kind") == "train" and r.get("reward") is not None]
+
+
+def plots(out: Path, runs: dict[str, Path], summary: dict, samples: dict[str, np.ndarray]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from flowsteer.plots import image_grid, save_class_histograms
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
+    for ax, task, ylabel in ((axes[0], "even", "P(even) of the rollouts (reward classifier)"),
+                             (axes[1], "compress", "- JPEG size of the rollouts (kB)")):
+        for name, run in runs.items():
+            if name.startswith(task) or (task == "even" and name.startswith("frontier")):
+                steps, values = zip(*curve(run)) if curve(run) else ((), ())
+                ax.plot(steps, values, label=name)
+        ax.set_xlabel("step"), ax.set_ylabel(ylabel), ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "reward_vs_step.png")
+    plt.close(fig)
+
+    pairs = [(n, t) for n, t in (("even/alpha-0", "alpha = 0: collapse"), ("even/alpha-0.15", "default alpha = 0.15"),
+                                 *[(n, f"{n.split('/')[1]}: target optimum") for n in runs if n.startswith("frontier")])
+             if n in samples]
+    if pairs:
+        fig, axes = plt.subplots(1, len(pairs), figsize=(5 * len(pairs), 5.4), dpi=100, squeeze=False)
+        for ax, (name, title) in zip(axes[0], pairs):
+            ax.imshow(image_grid(samples[name][:100])[..., 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.set_title(title), ax.axis("off")
+        fig.tight_layout()
+        fig.savefig(out / "collapse_grid.png")
+        plt.close(fig)
+
+    hists = [(f"{n}: P(even) {r['p_even']:.3f}, H {r['class_entropy']:.2f}", r["class_histogram"])
+             for n, r in summary["runs"].items() if not n.startswith("compress")]
+    save_class_histograms(hists, out / "class_histograms.png", highlight=set(EVEN))
+
+    comp = [(n, r) for n, r in summary["runs"].items() if n.startswith("compress") or n == "base"]
+    if len(comp) > 1:
+        fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
+        for name, r in comp:
+            ax.scatter(r.get("w2_to_base", 0.0), -r["jpeg_kb"])
+            ax.annotate(name.replace("compress/", ""), (r.get("w2_to_base", 0.0), -r["jpeg_kb"]), fontsize=8)
+        ax.set_xlabel("W2 to the base"), ax.set_ylabel("reward: - JPEG size (kB)")
+        fig.tight_layout()
+        fig.savefig(out / "compressibility.png")
+        plt.close(fig)
+
+
+def tables(summary: dict) -> str:
+    s = summary
+    lines = [(f"setting `{s['setting']}`; data P(even) {s['data_p_even']:.3f}; base class-histogram TV to the data "
+              f"{s['runs']['base']['tv_to_data']:.3f}"), "",
+             ("| run | steps | P(even) (judge) | class entropy | smallest even class | reward classifier P(even) | "
+              "W2 to base | Frechet to base | JPEG kB | minutes |"), "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in s["runs"].items():
+        w2, fd, sec = r.get("w2_to_base"), r.get("frechet_to_base"), r.get("seconds")
+        lines.append(f"| {name} | {r.get('steps', '')} | {r['p_even']:.3f} | {r['class_entropy']:.3f} | "
+                     f"{r['even_classes_min_share']:.3f} | {r['reward_classifier_p_even']:.3f} | "
+                     f"{'' if w2 is None else f'{w2:.2f}'} | {'' if fd is None else f'{fd:.1f}'} | "
+                     f"{r['jpeg_kb']:.3f} | {'' if sec is None else f'{sec / 60:.1f}'} |")
+    if s.get("frontier"):
+        f = s["frontier"]
+        lines += ["", f"frontier target chosen from the base's samples: beta = {f['chosen_beta']:g}", "",
+                  "| beta | predicted P(even) | predicted class entropy | effective samples |", "|---|---|---|---|"]
+        lines += [f"| {p['beta']:g} | {p['even_share']:.4f} | {p['class_entropy']:.3f} | {p['effective_samples']:.0f} |"
+                  for p in f["predictions"]]
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -60,41 +214,88 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="runs/mnist")
     ap.add_argument("--setting", choices=sorted(SETTINGS), default="cpu")
-    ap.add_argument("--alphas", default="0,default,1")
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--tasks", default="even,compress,frontier", help="any of even, compress, frontier")
+    ap.add_argument("--budget", default="auto",
+                    help="the W2 budget of even/budget; auto: the W2-bound term the default-alpha run ended with "
+                         "(its w2_bound_running), so the budget run keeps the default's distance and shows the alpha "
+                         "dual ascent settles on")
+    ap.add_argument("--workers", type=int, default=2, help="runs side by side, one torch thread each")
     args = ap.parse_args()
     out, setting = Path(args.out).resolve(), SETTINGS[args.setting]
+    tasks = set(args.tasks.split(","))
     threads = 1 if args.workers > 1 else None
+    scorer = Scorer(out, setting["sample_steps"], threads)
+    summary_path = out / "summary.json"
+    summary: dict = {"setting": args.setting, "runs": {}, "seconds": {}}
+    if summary_path.is_file():
+        summary["seconds"] = json.loads(summary_path.read_text()).get("seconds", {})
     base = out / "base"
-    summary: dict = {"setting": args.setting, "runs": {}}
-    if not (base / "model.safetensors").is_file():
-        summary["pretrain_seconds"] = round(cli("pretrain", "--data", "mnist", "--out", str(base), *setting["pretrain"]), 1)
+    if not finished(base):
+        summary["seconds"]["base"] = round(cli("pretrain", "--data", "mnist", "--out", str(base), *setting["pretrain"]), 1)
     labels = load_data("mnist", normalize="none").train.labels
     data_hist = [float((labels == c).float().mean()) for c in range(10)]
-    summary["runs"]["base"] = judged(base, None, threads)
+    summary["data_p_even"] = sum(data_hist[c] for c in EVEN)
+    base_x = scorer.samples("base", base)
+    summary["runs"]["base"] = scorer.figures(base_x, None)
     summary["runs"]["base"]["tv_to_data"] = 0.5 * sum(abs(a - b) for a, b in
                                                         zip(summary["runs"]["base"]["class_histogram"], data_hist))
-    summary["data_p_even"] = sum(data_hist[c] for c in (0, 2, 4, 6, 8))
-    alphas = [ALIGN_DEFAULT_ALPHA if a == "default" else float(a) for a in args.alphas.split(",")]
+    default = f"{ALIGN_DEFAULT_ALPHA:g}"
+    align = ["align", "--base", str(base), *setting["align"]]
+    jobs: dict[str, list[str]] = {}
+    if "even" in tasks:
+        for a in (default, "0", "1"):
+            jobs[f"even/alpha-{a}"] = ["--reward", "even-mnist", "--alpha", a, "--steps", str(setting["even_steps"])]
+        jobs["even/budget"] = ["--reward", "even-mnist", "--w2-budget", args.budget,
+                               "--steps", str(setting["even_steps"])]
+    if "compress" in tasks:
+        for a in ("0", default, "1"):
+            jobs[f"compress/alpha-{a}"] = ["--reward", "jpeg-compressibility", "--alpha", a,
+                                           "--steps", str(setting["compress_steps"])]
+    if "frontier" in tasks:
+        import torch
 
-    def align(alpha: float) -> tuple[float, float]:
-        run = out / f"alpha-{alpha:g}"
-        seconds = cli("align", "--base", str(base), "--reward", "even-mnist", "--alpha", f"{alpha:g}", "--steps",
-                      setting["align_steps"], "--out", str(run), threads=threads)
-        return alpha, seconds
+        from flowsteer.rewards.mnist_classifier import mnist_probabilities
+
+        xt = torch.from_numpy(base_x)
+        r = mnist_probabilities(xt, "reward")[:, list(EVEN)].sum(1)
+        beta, predictions = frontier_target(r, mnist_probabilities(xt, "judge").argmax(1))
+        # FRONTIER_PHASES phases of equal length over the run's steps, tau = 1 / (N beta)
+        n, k = FRONTIER_PHASES, setting["even_steps"] // FRONTIER_PHASES
+        summary["frontier"] = {"chosen_beta": beta, "phases": n, "tau": 1 / (n * beta), "refresh_every": k,
+                               "predictions": predictions}
+        jobs[f"frontier/beta-{beta:g}"] = ["--reward", "even-mnist", "--method", "orw", "--target-beta", f"{beta:g}",
+                                           "--tau", f"{1 / (n * beta):g}", "--refresh-every", str(k),
+                                           "--steps", str(setting["even_steps"])]
+    runs = {name: out / name for name in jobs}
+
+    def budget_eps() -> str:
+        default_run = out / f"even/alpha-{default}"
+        while not finished(default_run):  # the default run is queued before the budget run
+            time.sleep(10)
+        eps = json.loads((default_run / "final_metrics.json").read_text())["w2_bound_running"]
+        summary["budget_eps"] = eps
+        return f"{eps:.4g}"
+
+    def job(name: str) -> tuple[str, dict]:
+        run = runs[name]
+        if not finished(run):
+            options = [budget_eps() if v == "auto" else v for v in jobs[name]]
+            summary["seconds"][name] = round(cli(*align, *options, "--out", str(run), threads=threads), 1)
+        x = scorer.samples(name, run)
+        final = json.loads((run / "final_metrics.json").read_text())
+        return name, {**scorer.figures(x, base_x), "steps": final.get("steps"),
+                      "final_alpha": final.get("final_alpha"),
+                      "seconds": summary["seconds"].get(name) or final.get("train_seconds")}
 
     with ThreadPoolExecutor(args.workers) as pool:
-        for alpha, seconds in pool.map(align, alphas):
-            figures = judged(out / f"alpha-{alpha:g}", base, threads)
-            summary["runs"][f"alpha-{alpha:g}"] = {"alpha": alpha, "seconds": round(seconds, 1), **figures}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
-    print(f"setting {args.setting}; data P(even) {summary['data_p_even']:.3f}")
-    print("| run | P(even) (judge) | class entropy | smallest even class | W2 to base |\n|---|---|---|---|---|")
-    for name, r in summary["runs"].items():
-        w2 = r.get("w2_to_base")
-        print(f"| {name} | {r['p_even']:.3f} | {r['class_entropy']:.3f} (ln 5 = {math.log(5):.3f}) | "
-              f"{r['even_classes_min_share']:.3f} | {'' if w2 is None else f'{w2:.3f}'} |")
-    print(f"base: class-histogram TV to the data {summary['runs']['base']['tv_to_data']:.3f}")
+        for name, figures in pool.map(job, list(jobs)):
+            summary["runs"][name] = figures
+    samples = {name: scorer.samples(name, run) for name, run in runs.items()}
+    summary_path.write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    text = tables(summary)
+    (out / "results.md").write_text(text)
+    plots(out, runs, summary, samples)
+    print(text)
 
 
 if __name__ == "__main__":

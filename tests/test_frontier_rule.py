@@ -1,0 +1,66 @@
+"""The frontier's stated rule (issue 15), as benchmarks/even_digits.py and benchmarks/mnist_paper.py apply it:
+the largest candidate beta whose predicted even share under q0 exp(r / beta) is at least 0.9999.
+
+Closed form: half the samples even with r = 1, half odd with r = 0, so the predicted even share is
+1 / (1 + exp(-1 / beta)); it reaches 0.9999 for beta <= 1 / ln(9999) = 0.1086, so the grid's 0.1 is chosen.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+LABELS = np.arange(1000) % 10  # every class 100 times
+REWARD = np.isin(LABELS, (0, 2, 4, 6, 8)).astype(np.float64)
+
+
+def test_mnist_rule_on_the_closed_form():
+    bench = load("mnist_paper")
+    beta, table = bench.frontier_target(torch.from_numpy(REWARD), torch.from_numpy(LABELS))
+    assert beta == 0.1
+    for row in table:
+        even = 1 / (1 + math.exp(-1 / row["beta"]))
+        assert row["even_share"] == pytest.approx(even, rel=1e-12)
+        # five even classes share `even`, five odd ones the rest: H = -sum p log p with 0 log 0 = 0
+        expect = -sum(p * math.log(p / 5) for p in (even, 1 - even) if p > 0)
+        assert row["class_entropy"] == pytest.approx(expect, rel=1e-9)
+
+
+def test_digits_rule_reads_the_classifier_the_same_way():
+    """even_digits.py takes r and the labels from the classifier's probabilities: a classifier that is certain
+    of every label gives the same choice as the closed form."""
+    bench = load("even_digits")
+
+    class Certain:
+        def predict_proba(self, x):
+            return np.eye(10)[LABELS[: len(x)]]
+
+    beta, table = bench.frontier_target(np.zeros((1000, 64)), Certain())
+    assert beta == 0.1 and [row["beta"] for row in table] == [0.2, 0.1, 0.05, 0.02]
+
+
+def test_a_finished_run_is_one_trained_to_its_own_steps(tmp_path):
+    bench = load("mnist_paper")
+    run = tmp_path / "run"
+    assert not bench.finished(run)
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"steps_done": 40, "settings": {"train": {"steps": 50}}}))
+    assert not bench.finished(run)  # stopped early: not reused as a result
+    (run / "config.json").write_text(json.dumps({"steps_done": 50, "settings": {"train": {"steps": 50}}}))
+    assert bench.finished(run) and load("even_digits").finished(run)
