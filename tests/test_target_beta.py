@@ -98,6 +98,21 @@ def test_refreshes_stop_after_n_phases():
     assert config(tau=5, target_beta=0.1, refresh_every=10).validate() == []
 
 
+def test_a_refused_tau_comes_with_taus_that_are_accepted():
+    """1/(0.07 * 5) = 2.86 phases is refused; both suggested taus (written to 4 digits) then validate, with the
+    N they promise.  Below one phase only N = 1 is offered."""
+    import re
+
+    (problem,) = config(tau=5, target_beta=0.07, train=TrainConfig(steps=1500)).validate()
+    offers = re.findall(r"--tau ([0-9.]+) \(N = (\d+)\)", problem)
+    assert [n for _, n in offers] == ["3", "2"]
+    for tau, n in offers:
+        fixed = config(tau=float(tau), target_beta=0.07, train=TrainConfig(steps=1500))
+        assert fixed.validate() == [] and fixed.target_refreshes == int(n)
+    (problem,) = config(tau=5, target_beta=0.3).validate()
+    assert re.findall(r"\(N = (\d+)\)", problem) == ["1"]
+
+
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tb") / "base"

@@ -162,11 +162,11 @@ class AlignConfig(FineTuneStart):
                      "use it with --method orw")]
         exact = 1.0 / (self.target_beta * self.tau)
         n = self.target_refreshes
-        if abs(exact - n) > 1e-6 * exact:
-            lo, hi = max(1, math.floor(exact)), math.floor(exact) + 1
+        if abs(exact - n) > 1e-3 * exact:  # a tau written to 4 digits (as suggested below) is within 5e-5
+            whole = sorted({max(1, math.floor(exact)), math.floor(exact) + 1}, reverse=True)
+            fixes = " or ".join(f"--tau {1 / (self.target_beta * k):.4g} (N = {k})" for k in whole)
             return [(f"--target-beta {self.target_beta:g} with --tau {self.tau:g} asks for N = 1/(beta tau) = "
-                     f"{exact:.3g} phases, not a whole number; use --tau {1 / (self.target_beta * hi):.4g} (N = {hi}) "
-                     f"or --tau {1 / (self.target_beta * lo):.4g} (N = {lo})")]
+                     f"{exact:.3g} phases, not a whole number; use {fixes}")]
         if self.train.steps < n * self.refresh_every:
             return [(f"--target-beta needs N = {n} phases of --refresh-every {self.refresh_every} steps, so --steps "
                      f"must be at least {n * self.refresh_every} (it is {self.train.steps}); raise --steps or lower "
