@@ -97,7 +97,9 @@ def resume_changes(method: str, saved: dict[str, Any], new: dict[str, Any]) -> l
     if cls is None:
         return []
     saved, new = flat_settings(saved), flat_settings(new)
-    refused_here = getattr(cls, "RESUME_REFUSED", {})
+    refused_here = dict(getattr(cls, "RESUME_REFUSED", {}))
+    if hasattr(cls, "resume_refused"):  # refusals that depend on the saved run (e.g. a planned refresh count)
+        refused_here.update(cls.resume_refused(saved))
     changes = []
     for name, f in settings_fields(cls).items():
         if name not in saved or name not in new or _norm(saved[name]) == _norm(new[name]):

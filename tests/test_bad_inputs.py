@@ -272,10 +272,13 @@ CASES = [
     # --- issue 15: the frontier's --target-beta (Theorem 2's refresh count)
     ("target-beta-with-w2", "--target-beta with the W2 term on (the default alpha)",
      "align --base {ws}/run --reward target:1,0 --target-beta 0.1 --out {ws}/new", 2,
-     "--target-beta plans the refreshes of ORW without the W2 term"),
+     "--target-beta plans the refreshes of ORW's online policy without the W2 term (Theorem 2)"),
     ("target-beta-fraction", "--target-beta whose refresh count 1/(beta tau) is not whole",
      "align --base {ws}/run --reward target:1,0 --method orw --target-beta 0.07 --out {ws}/new", 2,
-     "N = 1/(beta tau) = 2.86 phases, not a whole number; use --tau 4.762 (N = 3) or --tau 7.143 (N = 2)"),
+     "N = 1/(beta tau) = 2.86 phases, not a whole number; use --tau 4.7619 (N = 3) or --tau 7.14286 (N = 2)"),
+    ("target-beta-standardized", "--target-beta with batch-standardised rewards (not the weights of Theorem 2)",
+     "align --base {ws}/run --reward target:1,0 --method orw --target-beta 0.1 --standardize-reward --out {ws}/new", 2,
+     "which --standardize-reward changes; drop --standardize-reward"),
     ("target-beta-short-run", "--target-beta whose phases do not fit --steps",
      "align --base {ws}/run --reward target:1,0 --method orw --target-beta 0.05 --refresh-every 300 --steps 1000 "
      "--out {ws}/new", 2, "so --steps must be at least 1200 (it is 1000)"),

@@ -4,8 +4,8 @@
   against closed forms (a Gaussian whose tilt is a shifted Gaussian; classes of constant reward) and brute force.
 * ``--target-beta``: N = 1/(beta tau) phases, the policy refreshed at steps 0, K, ..., (N-1) K and then kept;
   checked step by step, through a Trainer run (the policy's weights stop moving) and across a resume.
-  That N phases give q0 exp(N tau r) is Theorem 2 (tests/test_orw_theorem2.py, which also checks that the
-  law stops sharpening after the N-th phase).
+  That N phases give q0 exp(N tau r) is Theorem 2 (tests/test_orw_theorem2.py); that the law then stops
+  sharpening is checked at the end of this file.
 """
 
 import math
@@ -128,8 +128,11 @@ def base_2d(base_dir):
     return load_run(base_dir)
 
 
-def run_orw(base, cfg: AlignConfig, monkeypatch, *, steps_seen: list[int]) -> tuple[torch.nn.Module, RewardWeightedObjective]:
-    """Train ``cfg`` on ``base``; ``steps_seen``: the trainer's step at every policy refresh."""
+def run_orw(base, cfg: AlignConfig, monkeypatch, *, steps_seen: list[int],
+            snapshots: list[dict] | None = None) -> tuple[torch.nn.Module, RewardWeightedObjective]:
+    """Train ``cfg`` on ``base``; ``steps_seen``: the trainer's step at every policy refresh; ``snapshots``: the
+    model's weights at each refresh."""
+    snapshots = [] if snapshots is None else snapshots
     from flowsteer.rewards import build_reward
 
     trainer_box: list[Trainer] = []
@@ -137,6 +140,7 @@ def run_orw(base, cfg: AlignConfig, monkeypatch, *, steps_seen: list[int]) -> tu
 
     def recording(self, model, **kw):
         steps_seen.append(trainer_box[0].step if trainer_box else 0)
+        snapshots.append({k: v.detach().clone() for k, v in model.state_dict().items()})
         return original(self, model, **kw)
 
     monkeypatch.setattr(LaggedPolicy, "refresh", recording)
@@ -156,13 +160,15 @@ def test_the_policy_is_kept_after_the_last_phase(base_2d, monkeypatch):
     holds the weights of step 10 while the model trains on (mutation check: refreshing at every K fails)."""
     train = TrainConfig(steps=40, batch_size=64, lr=1e-2, warmup_steps=0, log_every=10)
     seen: list[int] = []
+    snapshots: list[dict] = []
     model, objective = run_orw(base_2d, config(tau=5, target_beta=0.1, refresh_every=10, train=train), monkeypatch,
-                               steps_seen=seen)
+                               steps_seen=seen, snapshots=snapshots)
     assert seen == [0, 10]
     policy_state = objective.policy.state_dict()
-    moved = [not torch.equal(policy_state[k].float(), v.detach().float()) for k, v in model.state_dict().items()
-             if k in policy_state]
-    assert moved and any(moved)  # the model went on training past the kept policy
+    shared = [k for k in model.state_dict() if k in policy_state]
+    assert shared and all(torch.equal(policy_state[k], snapshots[-1][k].to(policy_state[k].dtype)) for k in shared)
+    # the model went on training past the kept policy
+    assert any(not torch.equal(policy_state[k].float(), model.state_dict()[k].float()) for k in shared)
 
     seen_plain: list[int] = []
     run_orw(base_2d, config(tau=5, refresh_every=10, train=train), monkeypatch, steps_seen=seen_plain)
@@ -185,6 +191,14 @@ def test_resume_after_the_last_refresh_is_bitwise_exact(base_dir, tmp_path):
     proc = subprocess.run([*cmd, "--out", str(whole)], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     shutil.copytree(whole, resumed)
+    # tau and K lay the phases out: a resume may not change them (both are otherwise applied on resume)
+    before = (resumed / "model.safetensors").read_bytes()
+    for flag, value in (("--tau", "2.5"), ("--refresh-every", "25")):
+        changed = [*cmd, "--out", str(resumed), "--resume", "checkpoint-20", flag, value]
+        proc = subprocess.run(changed, capture_output=True, text=True, check=False)
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert f"{flag} {value} differs from the run's saved value" in proc.stderr and "--target-beta" in proc.stderr
+    assert (resumed / "model.safetensors").read_bytes() == before
     proc = subprocess.run([*cmd, "--out", str(resumed), "--resume", "checkpoint-20"], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     a, b = load_file(str(whole / "model.safetensors")), load_file(str(resumed / "model.safetensors"))

@@ -91,9 +91,10 @@ class AlignConfig(FineTuneStart):
     refresh_every: int = option(50, ge=1, on_resume="apply", help="K: steps between refreshes of the sampling policy")
     target_beta: float | None = option(
         None, metavar="BETA", gt=0,
-        help="aim ORW without the W2 term at the KL-regularised optimum q0 exp(r/BETA): by Theorem 2, N refreshes "
-             "give q0 exp(N tau r), so the sampling policy is refreshed N - 1 times, every K steps, and then kept; "
-             "N = 1/(BETA tau) must be a whole number and --steps at least N K (needs --method orw)")
+        help="aim ORW without the W2 term at the KL-regularised optimum q0 exp(r/BETA) and stop there: by Theorem 2, "
+             "N phases of K = --refresh-every steps give q0 exp(N tau r), so with N = 1/(BETA tau) (a whole number) "
+             "the policy is copied at step 0, refreshed at K, 2K, ..., (N-1)K and then kept; --steps must be at "
+             "least N K (needs --method orw)")
     rollout_solver: str = option("euler", choices=SOLVERS, on_resume="apply", help="solver of the rollouts")
     rollout_steps: int = option(10, ge=1, on_resume="apply", help="solver steps of each rollout")
     weights: str = option("mean", choices=("mean", "none"),
@@ -154,17 +155,33 @@ class AlignConfig(FineTuneStart):
         n = self.target_refreshes
         return n is None or step < n * self.refresh_every
 
+    @classmethod
+    def resume_refused(cls, saved: dict[str, Any]) -> dict[str, str]:
+        """Settings a resume may not change for this saved run: with a target beta, tau and K lay out the phases."""
+        if saved.get("target_beta") is None:
+            return {}
+        why = "--target-beta laid the run's N = 1/(beta tau) phases out with them; start a new run to change them"
+        return {"tau": why, "refresh_every": why}
+
     def _target_problems(self) -> list[str]:
         if self.target_beta is None:
             return []
         if self.effective_alpha != 0 or self.w2_budget is not None or self.method not in ("orw", "orw-w2"):
-            return [("--target-beta plans the refreshes of ORW without the W2 term (Theorem 2 holds at alpha = 0); "
+            return [("--target-beta plans the refreshes of ORW's online policy without the W2 term (Theorem 2); "
                      "use it with --method orw")]
-        exact = 1.0 / (self.target_beta * self.tau)
+        if self.standardize_reward or self.misaligned_weights:
+            flag = "--standardize-reward" if self.standardize_reward else "--misaligned-weights"
+            return [f"--target-beta needs the weights exp(tau r) of Theorem 2, which {flag} changes; drop {flag}"]
+        product = self.target_beta * self.tau
+        if not product > 0 or 1.0 / product > 1e6:
+            return [f"--target-beta {self.target_beta:g} with --tau {self.tau:g} asks for more than a million phases; "
+                    "raise --target-beta or --tau"]
+        exact = 1.0 / product
         n = self.target_refreshes
-        if abs(exact - n) > 1e-3 * exact:  # a tau written to 4 digits (as suggested below) is within 5e-5
+        # a tau written to 6 digits (as suggested below) is within 5e-7 relative, so within 0.01 of N up to 10^4
+        if abs(exact - n) > min(1e-3 * exact, 0.01):
             whole = sorted({max(1, math.floor(exact)), math.floor(exact) + 1}, reverse=True)
-            fixes = " or ".join(f"--tau {1 / (self.target_beta * k):.4g} (N = {k})" for k in whole)
+            fixes = " or ".join(f"--tau {1 / (self.target_beta * k):.6g} (N = {k})" for k in whole)
             return [(f"--target-beta {self.target_beta:g} with --tau {self.tau:g} asks for N = 1/(beta tau) = "
                      f"{exact:.3g} phases, not a whole number; use {fixes}")]
         if self.train.steps < n * self.refresh_every:
