@@ -70,10 +70,11 @@ def score(run: Path, samples: Path, clf, knn, threads_env: dict | None = None) -
 
 
 def finished(run: Path) -> bool:
-    """Whether ``run`` holds a run trained to its own --steps (config.json's steps_done)."""
+    """Whether ``run`` holds a finished run: trained to its own --steps (config.json's steps_done) and closed
+    (final_metrics.json, written after the last checkpoint)."""
     try:
         config = json.loads((run / "config.json").read_text())
-        return config["steps_done"] >= config["settings"]["train"]["steps"]
+        return config["steps_done"] >= config["settings"]["train"]["steps"] and (run / "final_metrics.json").is_file()
     except (OSError, ValueError, KeyError, TypeError):
         return False
 

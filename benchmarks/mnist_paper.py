@@ -68,10 +68,11 @@ def cli(*args: str, threads: int | None = None) -> float:
 
 
 def finished(run: Path) -> bool:
-    """Whether ``run`` holds a run trained to its own --steps (config.json's steps_done)."""
+    """Whether ``run`` holds a finished run: trained to its own --steps (config.json's steps_done) and closed
+    (final_metrics.json, written after the last checkpoint)."""
     try:
         config = json.loads((run / "config.json").read_text())
-        return config["steps_done"] >= config["settings"]["train"]["steps"]
+        return config["steps_done"] >= config["settings"]["train"]["steps"] and (run / "final_metrics.json").is_file()
     except (OSError, ValueError, KeyError, TypeError):
         return False
 
@@ -100,7 +101,8 @@ class Scorer:
 
     def samples(self, name: str, run: Path) -> np.ndarray:
         path = self.out / "samples" / f"{name.replace('/', '_')}.npy"
-        if not path.is_file():
+        weights = run / "model.safetensors"
+        if not path.is_file() or path.stat().st_mtime < weights.stat().st_mtime:  # none yet, or of older weights
             path.parent.mkdir(parents=True, exist_ok=True)
             cli("sample", "--model", str(run), "--n", "2000", "--solver", "euler", "--steps", str(self.sample_steps),
                 "--seed", "7", "--out", str(path), threads=self.threads)
@@ -200,7 +202,9 @@ def tables(summary: dict) -> str:
                      f"{r['jpeg_kb']:.3f} | {'' if sec is None else f'{sec / 60:.1f}'} |")
     if s.get("frontier"):
         f = s["frontier"]
-        lines += ["", f"frontier target chosen from the base's samples: beta = {f['chosen_beta']:g}", "",
+        met = "" if f.get("rule_met", True) else \
+            f" (no candidate reached the predicted {FRONTIER_SHARE} even share: the smallest beta was taken)"
+        lines += ["", f"frontier target chosen from the base's samples: beta = {f['chosen_beta']:g}{met}", "",
                   "| beta | predicted P(even) | predicted class entropy | effective samples |", "|---|---|---|---|"]
         lines += [f"| {p['beta']:g} | {p['even_share']:.4f} | {p['class_entropy']:.3f} | {p['effective_samples']:.0f} |"
                   for p in f["predictions"]]
@@ -258,6 +262,7 @@ def main() -> None:
         # FRONTIER_PHASES phases of equal length over the run's steps, tau = 1 / (N beta)
         n, k = FRONTIER_PHASES, setting["even_steps"] // FRONTIER_PHASES
         summary["frontier"] = {"chosen_beta": beta, "phases": n, "tau": 1 / (n * beta), "refresh_every": k,
+                               "rule_met": any(p["even_share"] >= FRONTIER_SHARE for p in predictions),
                                "predictions": predictions}
         jobs[f"frontier/beta-{beta:g}"] = ["--reward", "even-mnist", "--method", "orw", "--target-beta", f"{beta:g}",
                                            "--tau", f"{1 / (n * beta):g}", "--refresh-every", str(k),
@@ -268,11 +273,12 @@ def main() -> None:
                                            "--steps", str(setting["compress_steps"])]
     runs = {name: out / name for name in jobs}
 
+    futures: dict = {}
+
     def budget_eps() -> str:
-        default_run = out / f"even/alpha-{default}"
-        while not finished(default_run):  # the default run is queued before the budget run
-            time.sleep(10)
-        eps = json.loads((default_run / "final_metrics.json").read_text())["w2_bound_running"]
+        default_name = f"even/alpha-{default}"
+        futures[default_name].result()  # queued before the budget run; raises if it failed
+        eps = json.loads((runs[default_name] / "final_metrics.json").read_text())["w2_bound_running"]
         summary["budget_eps"] = eps
         return f"{eps:.4g}"
 
@@ -280,18 +286,21 @@ def main() -> None:
         run = runs[name]
         if not finished(run):
             options = [budget_eps() if v == "auto" else v for v in jobs[name]]
-            summary["seconds"][name] = round(cli(*align, *options, "--out", str(run), threads=threads), 1)
+            resume = ["--resume"] if (run / "latest").is_file() else []  # an interrupted run continues
+            summary["seconds"][name] = round(cli(*align, *options, "--out", str(run), *resume, threads=threads), 1)
         x = scorer.samples(name, run)
         final = json.loads((run / "final_metrics.json").read_text())
         return name, {**scorer.figures(x, base_x), "steps": final.get("steps"),
                       "final_alpha": final.get("final_alpha"),
                       "seconds": summary["seconds"].get(name) or final.get("train_seconds")}
 
-    # finished runs are only scored; the frontier run, the longest new one, starts first
+    # finished runs are only scored; then the frontier run, the new method, before the paper's runs
     order = sorted(jobs, key=lambda n: (not finished(runs[n]), not n.startswith("frontier")))
     with ThreadPoolExecutor(args.workers) as pool:
-        for name, figures in pool.map(job, order):
-            summary["runs"][name] = figures
+        for name in order:
+            futures[name] = pool.submit(job, name)
+        for name in order:
+            summary["runs"][name] = futures[name].result()[1]
     samples = {name: scorer.samples(name, run) for name, run in runs.items()}
     summary_path.write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
     text = tables(summary)

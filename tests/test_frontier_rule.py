@@ -55,7 +55,7 @@ def test_digits_rule_reads_the_classifier_the_same_way():
     assert beta == 0.1 and [row["beta"] for row in table] == [0.2, 0.1, 0.05, 0.02]
 
 
-def test_a_finished_run_is_one_trained_to_its_own_steps(tmp_path):
+def test_a_finished_run_is_one_trained_to_its_own_steps_and_closed(tmp_path):
     bench = load("mnist_paper")
     run = tmp_path / "run"
     assert not bench.finished(run)
@@ -63,4 +63,6 @@ def test_a_finished_run_is_one_trained_to_its_own_steps(tmp_path):
     (run / "config.json").write_text(json.dumps({"steps_done": 40, "settings": {"train": {"steps": 50}}}))
     assert not bench.finished(run)  # stopped early: not reused as a result
     (run / "config.json").write_text(json.dumps({"steps_done": 50, "settings": {"train": {"steps": 50}}}))
+    assert not bench.finished(run)  # the last checkpoint is written, final_metrics.json not yet
+    (run / "final_metrics.json").write_text("{}")
     assert bench.finished(run) and load("even_digits").finished(run)
