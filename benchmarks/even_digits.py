@@ -19,7 +19,8 @@ The frontier beyond the paper (issue 15): before any frontier run, the base's 20
 KL-regularised optimum q0 exp(r / beta) holds at beta in 0.2, 0.1, 0.05, 0.02 (flowsteer.tilt); the largest
 beta whose predicted P(even) is at least 0.9999 is chosen, and
   flowsteer align --base BASE --reward even-digits --method orw --target-beta B --tau 1/(4B) --refresh-every 375
-runs once per --frontier-seeds seed (default 0,1,2): Theorem 2's 4 phases, then no more sharpening.
+runs once per --frontier-seeds seed (default 0,1,2): Theorem 2's 4 phases of 375 steps.  The run ends with
+its 4th phase (1500 = 4 x 375), so the kept policy plays no part here: the plan (N, tau from beta) does.
 """
 
 from __future__ import annotations
