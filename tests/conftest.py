@@ -113,6 +113,7 @@ def moons_run(tmp_path_factory):
 # here keep their order after these.  (xdist_group marks would be finer, but pytest 9 ignores the node-id
 # suffix through which pytest-xdist 3.8 groups tests: `--dist loadgroup` silently splits the groups.)
 SLOW_FILES_FIRST = (
+    "tests/test_target_beta.py",  # about 100 s (one thread: the law after N phases, 2000 + 1600 steps at batch 512)
     "tests/test_distributed.py",  # 76 s (accelerate launches)
     "tests/test_demo_report.py",  # 73 s (the `demo --fast` fixture)
     "tests/test_reliability.py",  # 58 s (SIGKILL + resume, 3 kinds)
