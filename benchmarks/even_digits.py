@@ -149,7 +149,8 @@ def main() -> None:
     def job(name: str) -> tuple[str, dict]:
         run, extra = jobs[name]
         if not finished(run):  # a finished run (same folder, so the same command) is scored again, not retrained
-            times[name] = cli(*align, "--out", str(run), *extra, threads_env=env)
+            resume = ["--resume"] if (run / "latest").is_file() else []  # an interrupted run continues
+            times[name] = cli(*align, "--out", str(run), *extra, *resume, threads_env=env)
         return name, score(run, samples_of(name), clf, knn, env)
 
     with ThreadPoolExecutor(args.workers) as pool:
