@@ -94,15 +94,20 @@ def test_theorem2_tilt_after_1_2_3_refreshes(tmp_path, alone_on_the_machine):
         torch.set_num_threads(threads)
 
 
-def _theorem2(tmp_path):
+def pretrained_mixture(folder: Path):
+    """q_0: 20,000 samples of the mixture (seed 0) in FOLDER/mix.npy, and a base pretrained on them in FOLDER/base."""
     rng = np.random.default_rng(0)
     comp = rng.integers(0, 2, 20_000)
     x = (MU[comp] + math.sqrt(VAR) * rng.standard_normal((20_000, 2))).astype(np.float32)
-    np.save(tmp_path / "mix.npy", x)
-    base = pretrain(PretrainConfig(data=str(tmp_path / "mix.npy"),
-                                   train=TrainConfig(steps=2000, batch_size=512, lr=1e-3)), tmp_path / "base",
+    np.save(folder / "mix.npy", x)
+    return pretrain(PretrainConfig(data=str(folder / "mix.npy"),
+                                   train=TrainConfig(steps=2000, batch_size=512, lr=1e-3)), folder / "base",
                     progress="quiet")
-    reward = lambda x: -((x - torch.tensor(A, dtype=x.dtype)) ** 2).sum(1)  # noqa: E731
+
+
+def _theorem2(tmp_path):
+    base = pretrained_mixture(tmp_path)
+    reward = lambda x: -((x - torch.tensor(A, dtype=x.dtype)) ** 2).sum(1)
     train = TrainConfig(steps=3 * K, batch_size=512, lr=1e-3, warmup_steps=20, ema_decay=0.0, log_every=K)
     cfg = AlignConfig(base=str(tmp_path / "base"), reward=reward, method="orw", tau=TAU, refresh_every=K,
                       rollout_solver="heun", rollout_steps=6, train=train)

@@ -217,17 +217,11 @@ def test_the_law_stops_sharpening_after_n_phases(tmp_path):
     errors compound: here mean_y came out 0.381.)  Mixture, reward and closed form: those of that file.
     Mutation check: with `refreshes_at` refreshing every K, mean_y and var_y cross their midpoints and the
     test fails."""
-    from test_orw_theorem2 import MU, VAR, A, tilted_moments
+    from test_orw_theorem2 import A, pretrained_mixture, tilted_moments
 
     from flowsteer.solvers import integrate
 
-    rng = np.random.default_rng(0)
-    comp = rng.integers(0, 2, 20_000)
-    x = (MU[comp] + math.sqrt(VAR) * rng.standard_normal((20_000, 2))).astype(np.float32)
-    np.save(tmp_path / "mix.npy", x)
-    base = pretrain(PretrainConfig(data=str(tmp_path / "mix.npy"),
-                                   train=TrainConfig(steps=2000, batch_size=512, lr=1e-3)), tmp_path / "base",
-                    progress="quiet")
+    base = pretrained_mixture(tmp_path)
     reward = lambda x: -((x - torch.tensor(A, dtype=x.dtype)) ** 2).sum(1)
     k = 400
     train = TrainConfig(steps=4 * k, batch_size=512, lr=1e-3, warmup_steps=20, ema_decay=0.0, log_every=k)
