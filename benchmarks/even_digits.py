@@ -37,6 +37,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run_reuse, also when a test loads this file by path
+from run_reuse import finished, reuse_problems  # noqa: E402
 ALPHAS = ("0", "0.1", "0.3", "1")
 
 
@@ -68,16 +70,6 @@ def score(run: Path, samples: Path, clf, knn, threads_env: dict | None = None) -
         "knn_p_even": float(np.isin(knn_pred, [0, 2, 4, 6, 8]).mean()),
         "knn_class_entropy": entropy(class_histogram(knn_pred, 10)),
     }
-
-
-def finished(run: Path) -> bool:
-    """Whether ``run`` holds a finished run: trained to its own --steps (config.json's steps_done) and closed
-    (final_metrics.json, written after the last checkpoint)."""
-    try:
-        config = json.loads((run / "config.json").read_text())
-        return config["steps_done"] >= config["settings"]["train"]["steps"] and (run / "final_metrics.json").is_file()
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
 
 
 FRONTIER_BETAS = (0.2, 0.1, 0.05, 0.02)  # candidate targets, largest (least sharpened) first
@@ -148,7 +140,11 @@ def main() -> None:
 
     def job(name: str) -> tuple[str, dict]:
         run, extra = jobs[name]
-        if not finished(run):  # a finished run (same folder, so the same command) is scored again, not retrained
+        problems = reuse_problems(run, [*align[1:], *extra]) if (run / "config.json").is_file() else []
+        if problems:  # a folder of another command is neither scored as this job's nor resumed
+            raise SystemExit(f"{run} holds a run made with other options ({'; '.join(problems)}); "
+                             "choose a new --out, or move that folder away")
+        if not finished(run):  # a finished run of the same options is scored again, not retrained
             resume = ["--resume"] if (run / "latest").is_file() else []  # an interrupted run continues
             times[name] = cli(*align, "--out", str(run), *extra, *resume, threads_env=env)
         return name, score(run, samples_of(name), clf, knn, env)

@@ -45,6 +45,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run_reuse, also when a test loads this file by path
+from run_reuse import finished, reuse_problems  # noqa: E402
 EVEN = (0, 2, 4, 6, 8)
 FRONTIER_BETAS = (0.2, 0.1, 0.05, 0.02)  # the candidate targets, largest (least sharpened) first
 FRONTIER_SHARE = 0.9999  # the predicted even share the chosen target must reach (see frontier_target)
@@ -65,16 +67,6 @@ def cli(*args: str, threads: int | None = None) -> float:
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "flowsteer", *args, "--quiet"], check=True, cwd=ROOT, env=env)
     return time.perf_counter() - start
-
-
-def finished(run: Path) -> bool:
-    """Whether ``run`` holds a finished run: trained to its own --steps (config.json's steps_done) and closed
-    (final_metrics.json, written after the last checkpoint)."""
-    try:
-        config = json.loads((run / "config.json").read_text())
-        return config["steps_done"] >= config["settings"]["train"]["steps"] and (run / "final_metrics.json").is_file()
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
 
 
 def frontier_target(rewards, labels) -> tuple[float, list[dict]]:
@@ -284,6 +276,12 @@ def main() -> None:
 
     def job(name: str) -> tuple[str, dict]:
         run = runs[name]
+        if (run / "config.json").is_file():  # reused (scored or resumed) only if it was made with the job's options
+            known = [v for i, v in enumerate(jobs[name]) if "auto" not in jobs[name][i:i + 2]]  # auto: not yet known
+            problems = reuse_problems(run, [*align[1:], *known])
+            if problems:
+                raise SystemExit(f"{run} holds a run made with other options ({'; '.join(problems)}); "
+                                 "choose a new --out, or move that folder away")
         if not finished(run):
             options = [budget_eps() if v == "auto" else v for v in jobs[name]]
             resume = ["--resume"] if (run / "latest").is_file() else []  # an interrupted run continues
