@@ -264,6 +264,9 @@ CASES = [
      "not flow-grpo"),
     ("alpha-sweep-to-nft", "an --alpha sweep given to nft", "align --base {ws}/run --reward target:1,0 --method nft "
      "--alpha 0,0.3 --out {ws}/new", 2, "not nft; choose --method orw-w2 or sweep its own knob (--nft-beta A,B,...)"),
+    ("sweep-value-twice", "an --alpha sweep that gives one value twice (both runs would share a folder)",
+     "align --base {ws}/run --reward target:1,0 --alpha 0.1,0,0.10 --out {ws}/new", 2,
+     "--alpha 0.1,0,0.1 gives 0.1 more than once (each value is one run folder); give each value once"),
     ("two-sweeps", "two knobs swept at once", "align --base {ws}/run --reward target:1,0 --method flow-grpo "
      "--kl-beta 0,0.1 --alpha 0,1 --out {ws}/new", 2, "a sweep varies one knob"),
     ("nft-beta-sweep-out-of-range", "an --nft-beta sweep with a value above 1", "align --base {ws}/run "

@@ -40,7 +40,8 @@ knob_flag = _flag
 def sweep_of(method: str, lists: dict[str, list[Any]], default: float) -> tuple[str, list[Any], list[str]]:
     """The sweep a command line asks for: (knob, values, problems) from the comma lists of ``SWEEP_KNOBS``
     options (``lists``: option -> the values given).  No list of two or more values: ``("alpha", [default])``
-    with no sweep.  Problems: two knobs swept at once, or a knob swept for a method it does not belong to."""
+    with no sweep.  Problems: two knobs swept at once, a value given twice (one folder for two runs), or a knob
+    swept for a method it does not belong to."""
     swept = {k: v for k, v in lists.items() if k in SWEEP_KNOBS and len(v) > 1}
     if not swept:
         return "alpha", list(lists.get("alpha", [default])), []
@@ -48,6 +49,11 @@ def sweep_of(method: str, lists: dict[str, list[Any]], default: float) -> tuple[
         given = " and ".join(f"{_flag(k)} {','.join(f'{x:g}' for x in v)}" for k, v in swept.items())
         return "", [], [f"{given}: a sweep varies one knob; give a list to one of them and one value to the others"]
     knob, values = next(iter(swept.items()))
+    names = [f"{x:g}" for x in values]  # sweep_run_dir's folder names: two equal ones would be one run twice
+    twice = sorted({n for n in names if names.count(n) > 1}, key=names.index)
+    if twice:
+        return knob, values, [f"{_flag(knob)} {','.join(names)} gives {', '.join(twice)} more than once (each value "
+                              "is one run folder); give each value once"]
     owners = SWEEP_KNOBS[knob]
     if method not in owners:
         own = next(_flag(k) for k, m in SWEEP_KNOBS.items() if method in m)
