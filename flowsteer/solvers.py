@@ -225,7 +225,19 @@ def integrate(
     )
 
 
-def nfe_of(solver: str, steps: int) -> int:
-    """NFE a fixed-step solver spends for ``steps`` steps; -1 for the adaptive ``dopri5``."""
+def nfe_of(solver: str, steps: int, *, sigma: float = 0.0, t0: float = 0.0, t1: float = 1.0,
+           bridge_eps: float | None = BRIDGE_EPS) -> int:
+    """NFE :func:`integrate` spends with these arguments; -1 for the adaptive ``dopri5``.
+
+    Fixed-step solvers call the model once (``euler``, ``euler-maruyama``) or twice (``heun``, ``midpoint``) per
+    step, except ``euler-maruyama`` with ``sigma > 0`` and ``bridge_eps``: its steps that start past
+    ``t = 1 - bridge_eps`` follow the bridge to one end point, asked once for all of them.
+    """
     per_step = {"euler": 1, "euler-maruyama": 1, "heun": 2, "midpoint": 2}
-    return per_step[solver] * steps if solver in per_step else -1
+    if solver not in per_step:
+        return -1
+    if solver != "euler-maruyama" or sigma <= 0 or bridge_eps is None:
+        return per_step[solver] * steps
+    starts = torch.linspace(t0, t1, steps + 1, dtype=torch.float64)[:-1]  # the grid of _fixed_step
+    past = int((starts > 1 - bridge_eps).sum())
+    return steps - past + (1 if past else 0)

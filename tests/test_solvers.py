@@ -101,3 +101,16 @@ def test_model_receives_batch_times_and_conditions():
     integrate(model, torch.zeros(4, 3), solver="euler", steps=1, cond={"y": torch.arange(4)})
     assert seen["t"].shape == (4,)
     assert torch.equal(seen["y"], torch.arange(4))
+
+
+@pytest.mark.parametrize("steps,t0", [(10, 0.0), (100, 0.0), (250, 0.0), (1000, 0.0), (1000, 0.3), (7, 0.9999)])
+@pytest.mark.parametrize("sigma", [0.0, 0.5])
+def test_nfe_of_counts_what_euler_maruyama_spends(steps, t0, sigma):
+    """The count of nfe_of against the calls integrate makes: above 100 steps, with sigma > 0, the steps past
+    t = 1 - bridge_eps cost one call between them (1000 steps cost 992)."""
+    x = torch.zeros(3, 2, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    res = integrate(lambda t, z: -z, x, solver="euler-maruyama", steps=steps, sigma=sigma, t0=t0, generator=gen)
+    assert res.nfe == nfe_of("euler-maruyama", steps, sigma=sigma, t0=t0)
+    if sigma > 0 and steps == 1000 and t0 == 0.0:
+        assert res.nfe == 992  # the count the review measured by hand
