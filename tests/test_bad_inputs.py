@@ -267,6 +267,9 @@ CASES = [
     ("sweep-value-twice", "an --alpha sweep that gives one value twice (both runs would share a folder)",
      "align --base {ws}/run --reward target:1,0 --alpha 0.1,0,0.10 --out {ws}/new", 2,
      "--alpha 0.1,0,0.1 gives 0.1 more than once (each value is one run folder); give each value once"),
+    ("kl-beta-sweep-to-orw-alpha-0", "a --kl-beta sweep given to ORW-CFM (alpha = 0, which has no knob to sweep)",
+     "align --base {ws}/run --reward target:1,0 --method orw --kl-beta 0,0.1 --out {ws}/new", 2,
+     "not orw; choose --method flow-grpo or sweep --alpha A,B,... with --method orw-w2 (orw is its alpha = 0)"),
     ("two-sweeps", "two knobs swept at once", "align --base {ws}/run --reward target:1,0 --method flow-grpo "
      "--kl-beta 0,0.1 --alpha 0,1 --out {ws}/new", 2, "a sweep varies one knob"),
     ("nft-beta-sweep-out-of-range", "an --nft-beta sweep with a value above 1", "align --base {ws}/run "

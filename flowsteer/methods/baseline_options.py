@@ -57,7 +57,9 @@ def sweep_of(method: str, lists: dict[str, list[Any]], default: float) -> tuple[
     owners = SWEEP_KNOBS[knob]
     if method not in owners:
         own = next(_flag(k) for k, m in SWEEP_KNOBS.items() if method in m)
-        hint = f"sweep its own knob ({own} A,B,...)"
+        # orw's alpha is 0 (an --alpha list is refused for it): its family is swept through orw-w2
+        hint = ("sweep --alpha A,B,... with --method orw-w2 (orw is its alpha = 0)" if method == "orw"
+                else f"sweep its own knob ({own} A,B,...)")
         return knob, values, [f"{_flag(knob)} {','.join(f'{x:g}' for x in values)} sweeps an option of --method "
                               f"{', '.join(m for m in owners if m != 'orw')}, not {method}; choose --method {owners[0]} or {hint}"]
     return knob, values, []
