@@ -118,11 +118,12 @@ def parse_args(argv: Sequence[str] | None = None) -> Parsed:
     command = COMMANDS[args.command]
     options = command.options()
     tokens = argv[argv.index(args.command) + 1:]
+    named: set[str] = set()  # the options --config names, a switch set to its default included
     if getattr(args, "config", None) is not None:  # `--config ""` is an error, not no config
-        tokens = [*config_argv(options, config_mapping(args.config, args.command), args.config), *tokens]
+        tokens = [*config_argv(options, config_mapping(args.config, args.command), args.config, named), *tokens]
         args = parser.parse_args([args.command, *tokens])
     values = {o.path: getattr(args, o.dest) for o in options}
-    restored = restore_saved_settings(args.command, options, values, tokens, parser_class=_Parser) \
+    restored = restore_saved_settings(args.command, options, values, tokens, parser_class=_Parser, named=named) \
         if getattr(args, "resume", None) else set()
     missing = [o.flag.lstrip("-") if o.spec.metadata.get("positional") else o.flag
                for o in options if o.spec.metadata.get("required") and values[o.path] in (None, "", [])]

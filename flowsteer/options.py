@@ -228,8 +228,12 @@ def config_mapping(path: str, command: str) -> dict[str, Any]:
     return data
 
 
-def config_argv(options: list[Option], data: dict[str, Any], path: str) -> list[str]:
+def config_argv(options: list[Option], data: dict[str, Any], path: str,
+                named: set[str] | None = None) -> list[str]:
     """argv tokens for a config mapping, each value checked here so that a bad one names the file and the key.
+
+    ``named``, when given, receives the ``dest`` of every option the mapping names, also of a switch set to its
+    default (``compile: false``), which gives no token but is still the user's explicit choice (``--resume``).
 
     A section of nested settings (``train: {lr: 0.001}``, as in a run's config.json) is read like its options
     at the top level; an option given twice (``lr`` and ``train.lr``, or ``batch_size`` and ``batch-size``) is
@@ -256,6 +260,8 @@ def config_argv(options: list[Option], data: dict[str, Any], path: str) -> list[
             raise ConfigError(f"{path}: option {option.flag.lstrip('-')} is given twice ({seen[option.path]} and "
                               f"{key}); keep one")
         seen[option.path] = key
+        if named is not None:
+            named.add(option.dest)
         name = key.rsplit(".", 1)[-1]
         if option.kind is bool:
             if not isinstance(value, bool):

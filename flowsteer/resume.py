@@ -119,10 +119,13 @@ def _given(options: list[Option], tokens: list[str], parser_class: type) -> set[
 
 
 def restore_saved_settings(command: str, options: list[Option], values: dict[tuple[str, ...], Any],
-                           tokens: list[str], *, parser_class: type) -> set[tuple[str, ...]]:
+                           tokens: list[str], *, parser_class: type,
+                           named: set[str] = frozenset()) -> set[tuple[str, ...]]:
     """``--resume``: fill ``values`` with the run's saved settings (``--out``'s ``config.json``) wherever the
     command line and ``--config`` leave an option out, and refuse a given value that cannot change on resume
     (:func:`resume_changes`).  Returns the paths restored.  ``parser_class``: the command line's parser.
+    ``named``: the ``dest`` of options a ``--config`` file names, given even where they add no token (a switch
+    set to its default, ``compile: false``), so that they are checked like the command line's, not restored.
     Without a run's ``config.json`` in ``--out`` nothing is restored (the resume then says what is missing)."""
     from .runs import CONFIG_FILE, RUN_FORMAT
 
@@ -158,7 +161,7 @@ def restore_saved_settings(command: str, options: list[Option], values: dict[tup
     probe = SavedSettings(prog=f"flowsteer {command}")
     add_options(probe, saved_options)
     saved = vars(probe.parse_args(saved_argv))
-    given = _given(options, tokens, parser_class)
+    given = _given(options, tokens, parser_class) | set(named)
     changes = resume_changes(command, {o.path[-1]: saved[o.dest] for o in saved_options},
                              {o.path[-1]: values[o.path] for o in saved_options if o.dest in given})
     refused = [c.refusal(out) for c in changes if not c.apply]

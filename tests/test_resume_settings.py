@@ -223,3 +223,22 @@ def test_resume_without_a_saved_run_says_what_is_missing(tmp_path):
     (tmp_path / "empty").mkdir()
     proc = cli("pretrain", "--out", str(tmp_path / "empty"), "--resume")
     assert proc.returncode == 2 and "missing --data" in proc.stderr and "--resume restores" in proc.stderr
+
+
+def test_a_config_switch_set_to_its_default_is_not_dropped_on_resume(moons_run, tmp_path):
+    """``standardize_reward: false`` in a --config gives no token (false is the switch's default), but it is the
+    user's explicit choice: resuming a run saved with the switch on must refuse it, not quietly keep true."""
+    out = tmp_path / "run"
+    proc = cli("align", "--base", str(moons_run), "--reward", "target:1,0", "--standardize-reward", "--steps", "4",
+               "--batch-size", "16", "--eval-every", "0", "--eval-samples", "8", "--out", str(out), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    before = (out / "config.json").read_bytes()
+    (tmp_path / "off.yaml").write_text("standardize_reward: false\nsteps: 6\n")
+    proc = cli("align", "--out", str(out), "--resume", "--config", str(tmp_path / "off.yaml"), "--quiet")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "--standardize-reward False differs from the run's saved value (True)" in proc.stderr
+    assert (out / "config.json").read_bytes() == before
+    (tmp_path / "on.yaml").write_text("standardize_reward: true\nsteps: 6\n")  # the saved value itself: resumes
+    proc = cli("align", "--out", str(out), "--resume", "--config", str(tmp_path / "on.yaml"), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert settings(out)["standardize_reward"] is True and settings(out)["train"]["steps"] == 6
