@@ -94,7 +94,8 @@ class AlignConfig(FineTuneStart):
         help="aim ORW without the W2 term at the KL-regularised optimum q0 exp(r/BETA) and stop there: by Theorem 2, "
              "N phases of K = --refresh-every steps give q0 exp(N tau r), so with N = 1/(BETA tau) (a whole number) "
              "the policy is copied at step 0, refreshed at K, 2K, ..., (N-1)K and then kept; --steps must be at "
-             "least N K (needs --method orw)")
+             "least N K (needs --method orw).  q0 is the model the run starts from: --base, with --init-lora's "
+             "adapter when given; a run started from such a run tilts again, so the inverse betas add up")
     rollout_solver: str = option("euler", choices=SOLVERS, on_resume="apply", help="solver of the rollouts")
     rollout_steps: int = option(10, ge=1, on_resume="apply", help="solver steps of each rollout")
     weights: str = option("mean", choices=("mean", "none"),
