@@ -270,6 +270,12 @@ CASES = [
     ("kl-beta-sweep-to-orw-alpha-0", "a --kl-beta sweep given to ORW-CFM (alpha = 0, which has no knob to sweep)",
      "align --base {ws}/run --reward target:1,0 --method orw --kl-beta 0,0.1 --out {ws}/new", 2,
      "not orw; choose --method flow-grpo or sweep --alpha A,B,... with --method orw-w2 (orw is its alpha = 0)"),
+    ("anchor-without-target", "--anchor-share without --target-beta (it anchors Theorem 2's phases)",
+     "align --base {ws}/run --reward target:1,0 --anchor-share 0.5 --out {ws}/new", 2,
+     "--anchor-share anchors Theorem 2's phases to q0; it needs --target-beta"),
+    ("anchor-share-rounds-to-zero", "an --anchor-share that gives no anchor sample in a batch",
+     "align --base {ws}/run --reward target:1,0 --method orw --target-beta 0.1 --tau 5 --anchor-share 0.001 "
+     "--batch-size 64 --out {ws}/new", 2, "--anchor-share 0.001 of --batch-size 64 gives 0 anchor samples per batch"),
     ("two-sweeps", "two knobs swept at once", "align --base {ws}/run --reward target:1,0 --method flow-grpo "
      "--kl-beta 0,0.1 --alpha 0,1 --out {ws}/new", 2, "a sweep varies one knob"),
     ("nft-beta-sweep-out-of-range", "an --nft-beta sweep with a value above 1", "align --base {ws}/run "

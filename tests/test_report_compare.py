@@ -78,4 +78,6 @@ def test_each_method_is_labelled_by_its_own_knob_and_one_class_has_entropy_zero_
     assert labelled("nft", {"nft_beta": 0.5}) == "nft, nft_beta=0.5"
     assert labelled("orw", {"alpha": 0.15, "tau": 5.0, "target_beta": 0.05}, {"final_alpha": 0.0}) == \
         "orw, target_beta=0.05, tau=5"
+    assert labelled("orw", {"tau": 1.25, "target_beta": 0.1, "anchor_share": 0.5}, {"final_alpha": 0.0}) == \
+        "orw, target_beta=0.1, tau=1.25, anchor=0.5"
     assert str(entropy([1.0, 0.0])) == "0.0"

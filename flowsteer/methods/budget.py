@@ -139,5 +139,7 @@ def run_title(config: Any) -> str:
     if config.method == "nft":
         return f"nft nft_beta={config.nft_beta:g} G={config.group_size}"
     if getattr(config, "target_beta", None) is not None:
-        return f"{config.method} target_beta={config.target_beta:g} tau={config.tau:g} ({config.target_refreshes} phases)"
+        anchor = f" anchor={config.anchor_share:g}" if getattr(config, "anchor_share", 0) else ""
+        return (f"{config.method} target_beta={config.target_beta:g} tau={config.tau:g} ({config.target_refreshes} "
+                f"phases){anchor}")
     return f"{config.method} alpha={config.effective_alpha:g} tau={config.tau:g}"

@@ -96,6 +96,12 @@ class AlignConfig(FineTuneStart):
              "the policy is copied at step 0, refreshed at K, 2K, ..., (N-1)K and then kept; --steps must be at "
              "least N K (needs --method orw).  q0 is the model the run starts from: --base, with --init-lora's "
              "adapter when given; a run started from such a run tilts again, so the inverse betas add up")
+    anchor_share: float = option(
+        0.0, metavar="RHO", ge=0, lt=1,
+        help="with --target-beta: a share RHO of each batch comes from a fixed set of --rwr-samples samples of q0, "
+             "weighted by exp(n tau r) in phase n, so that each phase fits (1-RHO) q_{n-1} exp(tau r) + RHO q0 "
+             "exp(n tau r); both equal Theorem 2's q0 exp(n tau r), but the second holds the policy's fitting errors "
+             "from adding up over the phases (its mode shares drift otherwise)")
     rollout_solver: str = option("euler", choices=SOLVERS, on_resume="apply", help="solver of the rollouts")
     rollout_steps: int = option(10, ge=1, on_resume="apply", help="solver steps of each rollout")
     weights: str = option("mean", choices=("mean", "none"),
@@ -103,7 +109,7 @@ class AlignConfig(FineTuneStart):
     standardize_reward: bool = option(False, help="weight by the batch-standardised reward")
     coupling: str = option("independent", choices=COUPLINGS, help="noise-sample pairing (weights follow it)")
     raft_fraction: float = option(0.25, gt=0, le=1, help="share of each batch RAFT keeps")
-    rwr_samples: int = option(4096, ge=1, help="size of RWR's fixed sample set")
+    rwr_samples: int = option(4096, ge=1, help="size of RWR's fixed sample set (and of --anchor-share's)")
     w2: bool = option(False, help="add the W2 term to --method rwr or raft")
     w2_budget: float | None = option(None, metavar="EPS", gt=0,
                                      help="adapt alpha by dual ascent so that the W2-bound term stays <= EPS")
@@ -148,6 +154,17 @@ class AlignConfig(FineTuneStart):
         ``q_{n-1} exp(tau r)``, whose product is ``q0 exp(N tau r) = q0 exp(r / beta)``."""
         return None if self.target_beta is None else max(1, round(1.0 / (self.target_beta * self.tau)))
 
+    @property
+    def anchor_size(self) -> int:
+        """Samples of each batch drawn from the anchor set of q0 (``round(anchor_share * batch_size)``; 0: none)."""
+        return round(self.anchor_share * self.train.batch_size)
+
+    def phase_at(self, step: int) -> int:
+        """The phase n (1..N) that ``step`` trains in with ``target_beta``: it fits ``q_{n-1} exp(tau r)``, which
+        Theorem 2 makes ``q0 exp(n tau r)``; after the N-th phase (the policy kept) it stays N."""
+        n = self.target_refreshes
+        return min(step // self.refresh_every + 1, n) if n is not None else 1
+
     def refreshes_at(self, step: int) -> bool:
         """Whether the sampling policy is refreshed before ``step`` (step 0 copies the base's weights): every
         ``refresh_every`` steps, and with ``target_beta`` only for the first N phases."""
@@ -166,13 +183,23 @@ class AlignConfig(FineTuneStart):
 
     def _target_problems(self) -> list[str]:
         if self.target_beta is None:
-            return []
+            return ["--anchor-share anchors Theorem 2's phases to q0; it needs --target-beta"] \
+                if self.anchor_share > 0 else []
         if self.effective_alpha != 0 or self.w2_budget is not None or self.method not in ("orw", "orw-w2"):
             return [("--target-beta plans the refreshes of ORW's online policy without the W2 term (Theorem 2); "
                      "use it with --method orw")]
         if self.standardize_reward or self.misaligned_weights:
             flag = "--standardize-reward" if self.standardize_reward else "--misaligned-weights"
             return [f"--target-beta needs the weights exp(tau r) of Theorem 2, which {flag} changes; drop {flag}"]
+        if self.anchor_share > 0:
+            b = self.train.batch_size
+            if self.weights != "mean":
+                return ["--anchor-share mixes two weighted samples, each normalised by its own mean; drop --weights none"]
+            if self.init_lora is not None:
+                return ["--anchor-share draws q0 from the base, which --init-lora's adapter changes; drop one of them"]
+            if not 1 <= self.anchor_size <= b - 1:
+                return [(f"--anchor-share {self.anchor_share:g} of --batch-size {b} gives {self.anchor_size} anchor "
+                         f"samples per batch; it must give 1 to {b - 1}")]
         product = self.target_beta * self.tau
         if not product > 0 or 1.0 / product > 1e6:
             return [f"--target-beta {self.target_beta:g} with --tau {self.tau:g} asks for more than a million phases; "

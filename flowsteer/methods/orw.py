@@ -20,6 +20,14 @@ Methods (one loop, one budget):
 * ``rwr``    - offline reward-weighted CFM: x1 from one fixed set of reference samples;
 * ``raft``   - keep the top fraction of each online batch by reward, unweighted CFM.
 
+``orw`` with ``target_beta`` (Theorem 2 as a stopping rule) refreshes the policy at 0, K, ..., (N-1)K only,
+N = 1/(beta tau), and keeps it.  With ``anchor_share = rho`` the last ``round(rho B)`` samples of each batch come
+from a fixed set of q0's samples (drawn once, like RWR's) weighted by ``exp(n tau r)`` in phase n, the policy's by
+``exp(tau r)``, each part normalised to mean 1: the batch then fits ``(1-rho) q_{n-1} exp(tau r) + rho q0
+exp(n tau r)``.  Both terms are Theorem 2's ``q0 exp(n tau r)`` when every phase is fitted exactly; when one is
+not, the anchor's term does not inherit its error, so the phases' errors stop adding up (without it the even
+classes' shares of the digits benchmarks random-walk away from the optimum's).
+
 ``rwr`` and ``raft`` take the W2 term with ``w2=True``.  ``w2_budget = eps``
 adapts alpha by dual ascent, ``alpha <- max(0, alpha + eta (m_k / eps - 1))`` with
 ``m_k`` the step's W2-bound term, so that its running mean stays <= eps.
@@ -143,6 +151,8 @@ class RewardWeightedObjective(AlignObjectiveBase):
         self.offline: dict[str, Tensor] | None = None
         if config.method == "rwr":
             self.offline = self._offline_set(generator)
+        # --anchor-share: a fixed set of q0's samples, weighted by exp(n tau r) in phase n (Theorem 2's law there)
+        self.anchor: dict[str, Tensor] | None = self._offline_set(generator) if config.anchor_size else None
 
     # -- sampling policy ------------------------------------------------------
 
@@ -170,6 +180,7 @@ class RewardWeightedObjective(AlignObjectiveBase):
         return r, valid
 
     def _offline_set(self, generator: torch.Generator) -> dict[str, Tensor]:
+        """``rwr_samples`` samples of the reference (q0), with their rewards, validity and class labels."""
         xs, rs, vs, ys = [], [], [], []
         n, b = self.cfg.rwr_samples, self.cfg.train.batch_size
         for start in range(0, n, b):
@@ -183,14 +194,19 @@ class RewardWeightedObjective(AlignObjectiveBase):
             out["y"] = torch.cat(ys)
         return out
 
+    def _draw(self, fixed: dict[str, Tensor], b: int, generator: torch.Generator):
+        """``b`` samples of a fixed set (RWR's, or the anchor's), drawn with replacement, as next_batch returns them."""
+        idx = torch.randint(0, fixed["x"].shape[0], (b,), generator=generator, device=self.device)
+        cond = {**(self.condition(b) if self.condition is not None else {}),
+                **({"y": fixed["y"][idx]} if "y" in fixed else {})}
+        return fixed["x"][idx], cond, fixed["r"][idx], fixed["valid"][idx]
+
     def next_batch(self, model: nn.Module, step: int, generator: torch.Generator):
-        """x1 ``[B, *D]``, its conditions, rewards ``[B]`` and validity for this step."""
+        """x1 ``[B, *D]``, its conditions, rewards ``[B]`` and validity for this step.  With an anchor, the last
+        ``anchor_size`` samples come from the anchor set and the others from the policy."""
         b = self.cfg.train.batch_size
         if self.offline is not None:
-            idx = torch.randint(0, self.offline["x"].shape[0], (b,), generator=generator, device=self.device)
-            cond = {**(self.condition(b) if self.condition is not None else {}),
-                    **({"y": self.offline["y"][idx]} if "y" in self.offline else {})}
-            return self.offline["x"][idx], cond, self.offline["r"][idx], self.offline["valid"][idx]
+            return self._draw(self.offline, b, generator)
         if self.policy is None:
             self.policy = LaggedPolicy(model)
             if self._pending_policy is not None:
@@ -198,10 +214,16 @@ class RewardWeightedObjective(AlignObjectiveBase):
                 self._pending_policy = None
         if self.cfg.refreshes_at(step):
             self.policy.refresh(model)
+        a = self.cfg.anchor_size if self.anchor is not None else 0
         with self.policy.network(model) as policy:
-            x1, cond = self._rollout(policy, b, generator)
+            x1, cond = self._rollout(policy, b - a, generator)
         r, valid = self._score(x1, cond, step)
-        return x1, cond, r, valid
+        if not a:
+            return x1, cond, r, valid
+        xa, ca, ra, va = self._draw(self.anchor, a, generator)
+        cond = {**(self.condition(b) if self.condition is not None else {}),  # a prompt's states, the same for all
+                **({"y": torch.cat([cond["y"], ca["y"]])} if "y" in cond else {})}
+        return torch.cat([x1, xa]), cond, torch.cat([r, ra]), torch.cat([valid, va])
 
     def weights(self, r: Tensor, valid: Tensor, step: int | None = None) -> Tensor:
         cfg = self.cfg
@@ -212,8 +234,17 @@ class RewardWeightedObjective(AlignObjectiveBase):
             keep[torch.topk(masked, k).indices] = True
             return keep.float() * (r.numel() / k)
         at = f" at step {step}" if step is not None else ""
-        return reward_weights(r, tau=cfg.tau, normalize=cfg.weights, standardize=cfg.standardize_reward, valid=valid,
-                              source=f"reward {reward_name(self.reward)!r}{at}: ")
+        source = f"reward {reward_name(self.reward)!r}{at}: "
+        a = cfg.anchor_size if self.anchor is not None else 0
+        if not a:
+            return reward_weights(r, tau=cfg.tau, normalize=cfg.weights, standardize=cfg.standardize_reward,
+                                  valid=valid, source=source)
+        # the policy's part fits q_{n-1} exp(tau r) and the anchor's q0 exp(n tau r), each normalised to mean 1, so
+        # that the batch's target is their (B - a, a) mixture (module doc)
+        p = r.shape[0] - a
+        n = cfg.phase_at(step if step is not None else 0)
+        return torch.cat([reward_weights(r[:p], tau=cfg.tau, valid=valid[:p], source=source),
+                          reward_weights(r[p:], tau=n * cfg.tau, valid=valid[p:], source=source)])
 
     # -- loss -----------------------------------------------------------------
 
@@ -270,7 +301,8 @@ class RewardWeightedObjective(AlignObjectiveBase):
         running = None if self.w2_running is None else float(self.w2_running)
         return {"alpha": float(self.alpha), "w2_running": running, "bad_total": self.bad_total,
                 "budget": self.budget.state_dict(),
-                "policy": self.policy.state_dict() if self.policy is not None else None, "offline": self.offline}
+                "policy": self.policy.state_dict() if self.policy is not None else None, "offline": self.offline,
+                "anchor": self.anchor}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.bad_total = state["bad_total"]
@@ -281,6 +313,8 @@ class RewardWeightedObjective(AlignObjectiveBase):
             torch.tensor(state["w2_running"], dtype=self.stat_dtype, device=self.device)
         if state.get("offline") is not None:
             self.offline = {k: v.to(self.device) for k, v in state["offline"].items()}
+        if state.get("anchor") is not None:
+            self.anchor = {k: v.to(self.device) for k, v in state["anchor"].items()}
         if state.get("policy") is not None:
             if self.policy is None:
                 self._pending_policy = state["policy"]  # loaded when the policy is made from the model

@@ -41,7 +41,9 @@ class ReportRun:
             w2 = f", alpha={self.final.get('final_alpha', s.get('alpha')):g}" \
                 if knob in ("tau", "raft_fraction") and s.get("w2") else ""  # rwr/raft with the W2 term
             if isinstance(s.get("target_beta"), (int, float)):  # orw aimed at q0 exp(r / beta) (Theorem 2)
-                return f"{s.get('method', 'align')}, target_beta={s['target_beta']:g}, tau={s.get('tau', 0):g}"
+                anchor = s.get("anchor_share")
+                return (f"{s.get('method', 'align')}, target_beta={s['target_beta']:g}, tau={s.get('tau', 0):g}"
+                        + (f", anchor={anchor:g}" if isinstance(anchor, (int, float)) and anchor > 0 else ""))
             return f"{s.get('method', 'align')}, {knob}={value:g}{w2}"
         if self.method == "adapt":
             return f"{s.get('method', 'adapt')} / {s.get('coupling', '?')}"
