@@ -148,11 +148,16 @@ class RewardWeightedObjective(AlignObjectiveBase):
         if config.w2_budget is not None:
             self.alpha = torch.tensor(float(self.alpha), dtype=self.stat_dtype, device=self.device)
         self.policy: LaggedPolicy | None = None
-        self.offline: dict[str, Tensor] | None = None
-        if config.method == "rwr":
-            self.offline = self._offline_set(generator)
-        # --anchor-share: a fixed set of q0's samples, weighted by exp(n tau r) in phase n (Theorem 2's law there)
-        self.anchor: dict[str, Tensor] | None = self._offline_set(generator) if config.anchor_size else None
+        if config.anchor_share > 0 and not 1 <= config.anchor_size <= config.train.batch_size - 1:
+            # config is this process's: its batch is the run's batch split over the processes
+            raise ConfigError(f"--anchor-share {config.anchor_share:g} of this process's batch of "
+                              f"{config.train.batch_size} gives {config.anchor_size} anchor samples; it must give 1 to "
+                              f"{config.train.batch_size - 1}: raise --batch-size or change --anchor-share")
+        # RWR's fixed set, and --anchor-share's (q0's samples, weighted by exp(n tau r) in phase n: Theorem 2's law
+        # there) are drawn here, first thing from the run's freshly seeded generator: a resume draws the same sets
+        # again (each process its own), so checkpoints do not hold them
+        self.offline: dict[str, Tensor] | None = self._offline_set(generator) if config.method == "rwr" else None
+        self.anchor: dict[str, Tensor] | None = self._offline_set(generator) if config.anchor_share > 0 else None
 
     # -- sampling policy ------------------------------------------------------
 
@@ -180,7 +185,9 @@ class RewardWeightedObjective(AlignObjectiveBase):
         return r, valid
 
     def _offline_set(self, generator: torch.Generator) -> dict[str, Tensor]:
-        """``rwr_samples`` samples of the reference (q0), with their rewards, validity and class labels."""
+        """``rwr_samples`` samples of the reference (q0) with their rewards and class labels; samples whose reward
+        was not finite (``--on-bad-reward skip``) are left out, so that no draw from the set is all invalid (a
+        chunk of the draw whose rewards are all bad stops the run, as a batch would: :func:`finite_rewards`)."""
         xs, rs, vs, ys = [], [], [], []
         n, b = self.cfg.rwr_samples, self.cfg.train.batch_size
         for start in range(0, n, b):
@@ -189,9 +196,11 @@ class RewardWeightedObjective(AlignObjectiveBase):
             xs.append(x), rs.append(r), vs.append(valid)
             if "y" in cond:  # a class label (a prompt's states are the same for every sample)
                 ys.append(cond["y"])
-        out = {"x": torch.cat(xs), "r": torch.cat(rs), "valid": torch.cat(vs)}
+        keep = torch.cat(vs)
+        out = {"x": torch.cat(xs)[keep], "r": torch.cat(rs)[keep]}
         if ys:
-            out["y"] = torch.cat(ys)
+            out["y"] = torch.cat(ys)[keep]
+        out["valid"] = torch.ones(out["x"].shape[0], dtype=torch.bool, device=out["x"].device)
         return out
 
     def _draw(self, fixed: dict[str, Tensor], b: int, generator: torch.Generator):
@@ -241,8 +250,10 @@ class RewardWeightedObjective(AlignObjectiveBase):
                                   valid=valid, source=source)
         # the policy's part fits q_{n-1} exp(tau r) and the anchor's q0 exp(n tau r), each normalised to mean 1, so
         # that the batch's target is their (B - a, a) mixture (module doc)
+        if step is None:
+            raise ValueError("the anchor's weights depend on the phase: pass the step")
         p = r.shape[0] - a
-        n = cfg.phase_at(step if step is not None else 0)
+        n = cfg.phase_at(step)
         return torch.cat([reward_weights(r[:p], tau=cfg.tau, valid=valid[:p], source=source),
                           reward_weights(r[p:], tau=n * cfg.tau, valid=valid[p:], source=source)])
 
@@ -280,13 +291,14 @@ class RewardWeightedObjective(AlignObjectiveBase):
         if self.cfg.w2_budget is not None:
             step_size = self.cfg.dual_lr * (w2_value / self.cfg.w2_budget - 1.0)
             self.alpha = (self.alpha + step_size).clamp_min(0.0)
-        rv = r[valid]
+        p = r.shape[0] - (self.cfg.anchor_size if self.anchor is not None else 0)
+        rv = r[:p][valid[:p]]  # the policy's rollouts (the anchor's fixed samples are not the model's progress)
         metrics: dict[str, Tensor | float] = {
             "reward": rv.mean(), "reward_std": rv.std() if rv.numel() > 1 else 0.0,
             "w2_bound": w2_value, "alpha": alpha_used, "w_max": w.max(),
         }
         if self.cfg.on_bad_reward == "skip":
-            metrics["bad_rewards"] = float((~valid).sum())
+            metrics["bad_rewards"] = float((~valid[:p]).sum())
         # the divergence check watches the weighted CFM term, free of the weights' scale (raw ones move it)
         a = alpha_used if isinstance(alpha_used, float) else alpha_used.to(loss.dtype)
         monitor = (loss.detach() - a * w2_term.detach()) / w.mean()
@@ -301,8 +313,7 @@ class RewardWeightedObjective(AlignObjectiveBase):
         running = None if self.w2_running is None else float(self.w2_running)
         return {"alpha": float(self.alpha), "w2_running": running, "bad_total": self.bad_total,
                 "budget": self.budget.state_dict(),
-                "policy": self.policy.state_dict() if self.policy is not None else None, "offline": self.offline,
-                "anchor": self.anchor}
+                "policy": self.policy.state_dict() if self.policy is not None else None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.bad_total = state["bad_total"]
@@ -311,10 +322,8 @@ class RewardWeightedObjective(AlignObjectiveBase):
             torch.tensor(state["alpha"], dtype=self.stat_dtype, device=self.device)
         self.w2_running = None if state["w2_running"] is None else \
             torch.tensor(state["w2_running"], dtype=self.stat_dtype, device=self.device)
-        if state.get("offline") is not None:
-            self.offline = {k: v.to(self.device) for k, v in state["offline"].items()}
-        if state.get("anchor") is not None:
-            self.anchor = {k: v.to(self.device) for k, v in state["anchor"].items()}
+        # an older checkpoint's "offline" set is the one __init__ has just drawn again: not loaded (with several
+        # processes it held process 0's set only)
         if state.get("policy") is not None:
             if self.policy is None:
                 self._pending_policy = state["policy"]  # loaded when the policy is made from the model
