@@ -18,9 +18,18 @@ OUT/collapse_vs_default.png; the samples go to OUT/samples/ (a run folder is wri
 The frontier beyond the paper (issue 15): before any frontier run, the base's 2000 samples predict what the
 KL-regularised optimum q0 exp(r / beta) holds at beta in 0.2, 0.1, 0.05, 0.02 (flowsteer.tilt); the largest
 beta whose predicted P(even) is at least 0.9999 is chosen, and
-  flowsteer align --base BASE --reward even-digits --method orw --target-beta B --tau 1/(4B) --refresh-every 375
-runs once per --frontier-seeds seed (default 0,1,2): Theorem 2's 4 phases of 375 steps.  The run ends with
-its 4th phase (1500 = 4 x 375), so the kept policy plays no part here: the plan (N, tau from beta) does.
+  flowsteer align --base BASE --reward even-digits --method orw --target-beta B --tau 1/(8B) --refresh-every 375
+      --steps 3000 --anchor-share 0.2 --rwr-samples 16384
+runs once per --frontier-seeds seed (default 0,1,2): Theorem 2's 8 phases of 375 steps, a fifth of each batch
+drawn from a fixed set of the base's samples weighted by exp(n tau r) in phase n (the anchor: without it the
+even classes' shares drift from phase to phase).  The run ends with its 8th phase, so the kept policy plays no
+part here.
+
+OUT/frontier.png puts every run on the P(even) / class-entropy plane beside the optimum's curve over beta, predicted
+from the base's samples (benchmarks/frontier_plot.py; summary.json's optimum_curves).  --frontier-variants adds
+FRONTIER_VARIANTS into OUT/variants: the frontier runs without the anchor (8 phases, and session 4's 4 phases of
+1500 steps), beta = 0.1 in 8 phases with anchor shares 0, 0.2 and 0.5 (3 seeds each), and single-seed changes
+of K, N, lr, EMA, rollout steps and an offline RWR at tau = 1/beta.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run_reuse, also when a test loads this file by path
+from frontier_plot import optimum_curves, save_frontier_plot  # noqa: E402
 from run_reuse import finished, reuse_problems  # noqa: E402
 ALPHAS = ("0", "0.1", "0.3", "1")
 
@@ -74,7 +84,30 @@ def score(run: Path, samples: Path, clf, knn, threads_env: dict | None = None) -
 
 FRONTIER_BETAS = (0.2, 0.1, 0.05, 0.02)  # candidate targets, largest (least sharpened) first
 FRONTIER_SHARE = 0.9999  # the predicted even share the chosen target must reach (see frontier_target)
-FRONTIER_PHASES = 4  # N phases of 1500 / N steps; tau = 1 / (N beta)
+FRONTIER_PHASES = 8  # N phases of FRONTIER_STEPS / N steps; tau = 1 / (N beta)
+FRONTIER_STEPS = 3000  # twice the paper runs' 1500: 8 phases of 375 steps, the phase length of session 4's 4 phases
+FRONTIER_ANCHOR = ["--anchor-share", "0.2", "--rwr-samples", "16384"]  # see flowsteer.methods.orw and docs/design.md
+
+
+ORW = ["--method", "orw"]
+N8 = [*ORW, "--target-beta", "0.1", "--tau", "1.25", "--refresh-every", "375", "--steps", "3000"]  # beta 0.1, N = 8
+ANCHOR = ["--rwr-samples", "16384", "--anchor-share"]
+FRONTIER_VARIANTS = {  # --frontier-variants (OUT/variants/NAME): what moves a trained point along the frontier
+    **{f"beta0.1-n8-k375-s{s}": [*N8, "--seed", s] for s in "012"},
+    **{f"beta0.1-n8-k375-anchor{a}-s{s}": [*N8, *ANCHOR, a, "--seed", s] for a in ("0.2", "0.5") for s in "012"},
+    **{f"beta0.05-n8-k375-s{s}": [*ORW, "--target-beta", "0.05", "--tau", "2.5", "--refresh-every", "375",
+                                  "--steps", "3000", "--seed", s] for s in "012"},  # the frontier runs, no anchor
+    **{f"beta0.05-n4-k375-s{s}": [*ORW, "--target-beta", "0.05", "--tau", "5", "--refresh-every", "375",
+                                  "--seed", s] for s in "012"},  # session 4's frontier runs (1500 steps)
+    "beta0.1-n8-k188-s0": [*ORW, "--target-beta", "0.1", "--tau", "1.25", "--refresh-every", "188", "--steps", "1504",
+                           "--seed", "0"],
+    "beta0.1-n4-k750-s0": [*ORW, "--target-beta", "0.1", "--tau", "2.5", "--refresh-every", "750", "--steps", "3000",
+                           "--seed", "0"],
+    "beta0.1-n8-k375-lr3e-4-s0": [*N8, "--lr", "3e-4", "--seed", "0"],
+    "beta0.1-n8-k375-ema0.999-s0": [*N8, "--ema-decay", "0.999", "--seed", "0"],
+    "beta0.1-n8-k375-euler30-s0": [*N8, "--rollout-steps", "30", "--seed", "0"],
+    "rwr-tau10-s0": ["--method", "rwr", "--tau", "10", "--rwr-samples", "16384", "--steps", "3000", "--seed", "0"],
+}
 
 
 def frontier_target(x: np.ndarray, clf) -> tuple[float, list[dict]]:
@@ -102,6 +135,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="align runs side by side, one torch thread each")
     ap.add_argument("--frontier-seeds", default="0,1,2",
                     help="seeds of the frontier runs (--method orw --target-beta B); empty: none")
+    ap.add_argument("--frontier-variants", action="store_true",
+                    help="also run FRONTIER_VARIANTS (21 runs, about 1 h 15 min on 2 cores) into OUT/variants")
     args = ap.parse_args()
     from flowsteer.methods.sweep import sweep_run_dir, write_sweep_summary
     from sklearn.datasets import load_digits
@@ -132,11 +167,17 @@ def main() -> None:
     if seeds:
         beta, table = frontier_target(np.clip(np.load(samples_of("base")).reshape(2000, -1), -1, 1), clf)
         tau = 1 / (FRONTIER_PHASES * beta)
-        frontier = {"chosen_beta": beta, "phases": FRONTIER_PHASES, "tau": tau, "predictions": table}
+        frontier = {"chosen_beta": beta, "phases": FRONTIER_PHASES, "tau": tau, "steps": FRONTIER_STEPS,
+                    "anchor": FRONTIER_ANCHOR, "predictions": table}
         for seed in seeds:
             jobs[f"frontier-s{seed}"] = (out / f"frontier-s{seed}", [
                 "--method", "orw", "--target-beta", f"{beta:g}", "--tau", f"{tau:g}",
-                "--refresh-every", str(1500 // FRONTIER_PHASES), "--seed", seed])
+                "--refresh-every", str(FRONTIER_STEPS // FRONTIER_PHASES), "--steps", str(FRONTIER_STEPS),
+                *FRONTIER_ANCHOR, "--seed", seed])
+
+    if args.frontier_variants:
+        for name, options in FRONTIER_VARIANTS.items():
+            jobs[f"variant-{name}"] = (out / "variants" / name, options)
 
     def job(name: str) -> tuple[str, dict]:
         run, extra = jobs[name]
@@ -153,11 +194,15 @@ def main() -> None:
         results = dict(pool.map(job, list(jobs)))
     results["base"] = base_scores
     results = {k: results[k] for k in ["base", "default", *(f"alpha={a}" for a in ALPHAS), "budget",
-                                       *(k for k in jobs if k.startswith("frontier"))]}
+                                       *(k for k in jobs if k.startswith(("frontier", "variant")))]}
     write_sweep_summary(out / "sweep", [sweep_run_dir(out / "sweep", float(a)) for a in ALPHAS])
     results["budget"]["final_alpha"] = json.loads((out / "budget" / "final_metrics.json").read_text())["final_alpha"]
-    summary = {"results": results, "seconds": times, "budget_eps": args.budget, "frontier": frontier}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    # the optimum q0 exp(r / beta) over a grid of beta, predicted from the base's samples, beside the trained runs
+    proba = clf.predict_proba(np.clip(np.load(samples_of("base")).reshape(2000, -1), -1, 1))
+    curves = optimum_curves(proba[:, [0, 2, 4, 6, 8]].sum(1), proba.argmax(1))
+    summary = {"results": results, "seconds": times, "budget_eps": args.budget, "frontier": frontier,
+               "optimum_curves": curves}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
     print(f"{'run':<10} {'P(even)':>8} {'entropy':>8} {'reward':>8} {'kNN P(even)':>12} {'kNN entropy':>12}")
     for name, r in results.items():
         print(f"{name:<10} {r['p_even']:>8.3f} {r['class_entropy']:>8.3f} {r['reward_mean']:>8.3f} "
@@ -191,6 +236,9 @@ def main() -> None:
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(out / "collapse_vs_default.png")
+    save_frontier_plot(out / "frontier.png", curves,
+                       {k: (r["p_even"], r["class_entropy"]) for k, r in results.items() if k not in ("base", "alpha=0")},
+                       title="8x8 digits: the optimum q0 exp(r/beta) (predicted) and the trained runs")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,10 @@ Runs (OUT/...; a run folder that already holds a finished run is reused, not tra
   compress/alpha-A   flowsteer align --reward jpeg-compressibility --alpha A   for A in 0, 0.15, 1
   frontier/beta-B    flowsteer align --reward even-mnist --method orw --target-beta B --tau 1/(4B) --refresh-every S/4
                      (4 phases over the S steps; B is chosen from the base's samples before training: see frontier_target)
+  with --frontier-variants (cpu setting), FRONTIER_VARIANTS:
+  frontier/beta-0.01-stage2        ... --base OUT/frontier/beta-0.02 --target-beta 0.02 --tau 12.5 --refresh-every 250:
+                                   the 0.02 run tilted again, so q0 exp(r / 0.02) exp(r / 0.02) = q0 exp(r / 0.01)
+  frontier/beta-0.005-anchor0.2    ... --target-beta 0.005 --tau 50 --refresh-every 250 --anchor-share 0.2
 
 Scoring: every run and the base draw 2000 samples (`flowsteer sample`, Euler, seed 7) into OUT/samples/.  P(even),
 the class histogram and its entropy come from the independent judge classifier (`even-mnist-judge`: another
@@ -27,7 +31,9 @@ compressibility reward.
 
 Writes OUT/summary.json, OUT/results.md (the tables), OUT/reward_vs_step.png (the paper's figure: the rollouts'
 mean reward per logged step), OUT/collapse_grid.png (alpha = 0 beside the default), OUT/class_histograms.png and
-OUT/compressibility.png (reward against W2 to the base), and OUT/report/ (`flowsteer report OUT/base OUT/even
+OUT/compressibility.png (reward against W2 to the base), OUT/frontier.png (the runs on the P(even) / entropy
+plane beside the optimum's curve over beta, predicted from the base's samples: benchmarks/frontier_plot.py), and
+OUT/report/ (`flowsteer report OUT/base OUT/even
 OUT/compress OUT/frontier`: the runs shown like the digits runs).
 """
 
@@ -46,11 +52,19 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run_reuse, also when a test loads this file by path
+from frontier_plot import optimum_curves, save_frontier_plot  # noqa: E402
 from run_reuse import finished, reuse_problems  # noqa: E402
 EVEN = (0, 2, 4, 6, 8)
 FRONTIER_BETAS = (0.2, 0.1, 0.05, 0.02)  # the candidate targets, largest (least sharpened) first
 FRONTIER_SHARE = 0.9999  # the predicted even share the chosen target must reach (see frontier_target)
 FRONTIER_PHASES = 4  # N: on 8x8 digits 4 phases of tau = 5 followed q0 exp(r / 0.05) closer than 2 of tau = 10
+
+FRONTIER_STEP = ["--reward", "even-mnist", "--method", "orw", "--refresh-every", "250", "--steps", "1000"]
+FRONTIER_VARIANTS = {  # name: (the run it starts from, None = the base; its options); the cpu setting's batch
+    "frontier/beta-0.01-stage2": ("frontier/beta-0.02", [*FRONTIER_STEP, "--target-beta", "0.02", "--tau", "12.5"]),
+    "frontier/beta-0.005-anchor0.2": (None, [*FRONTIER_STEP, "--target-beta", "0.005", "--tau", "50",
+                                             "--anchor-share", "0.2", "--rwr-samples", "16384"]),
+}
 
 SETTINGS = {
     "cpu": {"pretrain": ["--model", "unet", "--width", "32", "--steps", "2800", "--batch-size", "128"],
@@ -216,9 +230,13 @@ def main() -> None:
                          "(its w2_bound_running).  On the CPU setting alpha = 0 ends at 0.31 and the default at 0.098, "
                          "so 0.2 lets the model go about twice as far as the default does")
     ap.add_argument("--workers", type=int, default=2, help="runs side by side, one torch thread each")
+    ap.add_argument("--frontier-variants", action="store_true", help="also run FRONTIER_VARIANTS (about 35 min each)")
     args = ap.parse_args()
     out, setting = Path(args.out).resolve(), SETTINGS[args.setting]
     tasks = set(args.tasks.split(","))
+    if args.frontier_variants and (args.setting != "cpu" or "frontier" not in tasks):
+        ap.error("--frontier-variants are cpu-setting runs that start from the frontier task's run: use them with "
+                 "--setting cpu and the frontier task")
     threads = 1 if args.workers > 1 else None
     scorer = Scorer(out, setting["sample_steps"], threads)
     summary_path = out / "summary.json"
@@ -259,6 +277,17 @@ def main() -> None:
         jobs[f"frontier/beta-{beta:g}"] = ["--reward", "even-mnist", "--method", "orw", "--target-beta", f"{beta:g}",
                                            "--tau", f"{1 / (n * beta):g}", "--refresh-every", str(k),
                                            "--steps", str(setting["even_steps"])]
+    starts: dict[str, str] = {}  # a job that starts from another job's run (its --base) waits for that run
+    if args.frontier_variants:
+        missing = sorted({s for s, _ in FRONTIER_VARIANTS.values() if s is not None} - set(jobs))
+        if missing:  # the rule chose another beta than the one the variants were measured from
+            ap.error(f"--frontier-variants start from {', '.join(missing)}, which this run's frontier task does not "
+                     f"make (it makes {', '.join(j for j in jobs if j.startswith('frontier'))}); drop "
+                     "--frontier-variants")
+        for name, (start, options) in FRONTIER_VARIANTS.items():
+            jobs[name] = options
+            if start is not None:
+                starts[name] = start
     if "compress" in tasks:
         for a in ("0", default, "1"):
             jobs[f"compress/alpha-{a}"] = ["--reward", "jpeg-compressibility", "--alpha", a,
@@ -276,16 +305,19 @@ def main() -> None:
 
     def job(name: str) -> tuple[str, dict]:
         run = runs[name]
+        command = ["align", "--base", str(out / starts[name]), *align[3:]] if name in starts else align
         if (run / "config.json").is_file():  # reused (scored or resumed) only if it was made with the job's options
             known = [v for i, v in enumerate(jobs[name]) if "auto" not in jobs[name][i:i + 2]]  # auto: not yet known
-            problems = reuse_problems(run, [*align[1:], *known])
+            problems = reuse_problems(run, [*command[1:], *known])
             if problems:
                 raise SystemExit(f"{run} holds a run made with other options ({'; '.join(problems)}); "
                                  "choose a new --out, or move that folder away")
         if not finished(run):
             options = [budget_eps() if v == "auto" else v for v in jobs[name]]
             resume = ["--resume"] if (run / "latest").is_file() else []  # an interrupted run continues
-            summary["seconds"][name] = round(cli(*align, *options, "--out", str(run), *resume, threads=threads), 1)
+            if name in starts:
+                futures[starts[name]].result()  # submitted before this job; raises if it failed
+            summary["seconds"][name] = round(cli(*command, *options, "--out", str(run), *resume, threads=threads), 1)
         x = scorer.samples(name, run)
         final = json.loads((run / "final_metrics.json").read_text())
         return name, {**scorer.figures(x, base_x), "steps": final.get("steps"),
@@ -300,6 +332,18 @@ def main() -> None:
         for name in order:
             summary["runs"][name] = futures[name].result()[1]
     samples = {name: scorer.samples(name, run) for name, run in runs.items()}
+    # the optimum q0 exp(r / beta) over a grid of beta (reward classifier's r, judge's classes) beside the runs
+    import torch
+
+    from flowsteer.rewards.mnist_classifier import mnist_probabilities
+
+    base_t = torch.from_numpy(base_x)
+    summary["optimum_curves"] = optimum_curves(mnist_probabilities(base_t, "reward")[:, list(EVEN)].sum(1).numpy(),
+                                               mnist_probabilities(base_t, "judge").argmax(1).numpy())
+    save_frontier_plot(out / "frontier.png", summary["optimum_curves"],
+                       {n: (r["p_even"], r["class_entropy"]) for n, r in summary["runs"].items()
+                        if n.startswith(("even", "frontier"))},
+                       title="MNIST: the optimum q0 exp(r/beta) (predicted; judge's classes) and the trained runs")
     summary_path.write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
     text = tables(summary)
     (out / "results.md").write_text(text)

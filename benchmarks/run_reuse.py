@@ -19,22 +19,30 @@ from typing import Any
 
 def finished(run: Path) -> bool:
     """Whether ``run`` holds a finished run: trained to its own --steps (config.json's steps_done) and closed
-    (final_metrics.json, written after the last checkpoint)."""
+    (final_metrics.json, which an align run writes after its last checkpoint; a pretrain run writes none, and
+    its weights file then marks the end)."""
     try:
         config = json.loads((run / "config.json").read_text())
-        return config["steps_done"] >= config["settings"]["train"]["steps"] and (run / "final_metrics.json").is_file()
+        closed = "model.safetensors" if config.get("method") == "pretrain" else "final_metrics.json"
+        return config["steps_done"] >= config["settings"]["train"]["steps"] and (run / closed).is_file()
     except (OSError, ValueError, KeyError, TypeError):
         return False
 
 
 def _options(args: list[str]) -> dict[str, str | None]:
-    """``["--alpha", "0.1", "--quiet"]`` -> ``{"alpha": "0.1", "quiet": None}`` (a flag without a value: None)."""
+    """``["--alpha", "0.1", "--tau=5", "--quiet"]`` -> ``{"alpha": "0.1", "tau": "5", "quiet": None}`` (a flag
+    without a value: None)."""
     out: dict[str, str | None] = {}
     i = 0
     while i < len(args):
         flag = args[i]
         if not flag.startswith("--"):
             raise ValueError(f"expected an option, got {flag!r} in {args}")
+        if "=" in flag:  # --alpha=0.1
+            name, value = flag.split("=", 1)
+            out[name[2:].replace("-", "_")] = value
+            i += 1
+            continue
         has_value = i + 1 < len(args) and not args[i + 1].startswith("--")
         out[flag[2:].replace("-", "_")] = args[i + 1] if has_value else None
         i += 2 if has_value else 1

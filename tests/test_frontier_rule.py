@@ -66,3 +66,19 @@ def test_a_finished_run_is_one_trained_to_its_own_steps_and_closed(tmp_path):
     assert not bench.finished(run)  # the last checkpoint is written, final_metrics.json not yet
     (run / "final_metrics.json").write_text("{}")
     assert bench.finished(run) and load("even_digits").finished(run)
+
+
+def test_the_optimum_curves_on_the_closed_form(tmp_path):
+    """benchmarks/frontier_plot.py: even samples with P(even) = 0.9, odd ones with 0.1.  With r = P(even) the
+    predicted even share is 1 / (1 + exp(-0.8 / beta)); with r = log P(even) it is 1 / (1 + 9^(-1 / beta)) (beta = 1:
+    the classifier's own posterior, 0.9).  The plot is written."""
+    plot = load("frontier_plot")
+    p_even = np.where(np.isin(LABELS, (0, 2, 4, 6, 8)), 0.9, 0.1)
+    curves = plot.optimum_curves(p_even, LABELS)
+    assert [r["beta"] for r in curves["P(even)"]] == list(plot.SOFT_BETAS)
+    for row in curves["P(even)"]:
+        assert row["even_share"] == pytest.approx(1 / (1 + math.exp(-0.8 / row["beta"])), rel=1e-9)
+    for row in curves["log P(even)"]:
+        assert row["even_share"] == pytest.approx(1 / (1 + 9 ** (-1 / row["beta"])), rel=1e-9)
+    plot.save_frontier_plot(tmp_path / "f.png", curves, {"a run": (0.99, 1.6)}, title="t")
+    assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

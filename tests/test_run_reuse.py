@@ -29,7 +29,7 @@ def test_the_same_options_reuse_the_run(tmp_path):
     (tmp_path / "link").symlink_to(base)  # the same base named through a link is the same base
     run = saved_run(tmp_path / "run", tmp_path / "link")
     args = ["--base", str(base), "--reward", "even-mnist", "--alpha", "0.150", "--tau", "12.5", "--steps", "1000",
-            "--batch-size", "64", "--seed", "0", "--target-beta", "2e-2", "--out", "elsewhere", "--quiet"]
+            "--batch-size=64", "--seed", "0", "--target-beta", "2e-2", "--out", "elsewhere", "--quiet"]
     assert run_reuse.reuse_problems(run, args) == []
     assert run_reuse.finished(run)
 
@@ -53,3 +53,15 @@ def test_an_unfinished_or_unreadable_run_is_neither_finished_nor_reusable(tmp_pa
     assert not run_reuse.finished(tmp_path / "broken")
     assert run_reuse.reuse_problems(tmp_path / "broken", ["--alpha", "0"]) == [
         f"{tmp_path / 'broken'}/config.json cannot be read"]
+
+
+def test_a_finished_pretrain_run_is_one_with_its_weights(tmp_path):
+    """A pretrain run writes no final_metrics.json (session 4's MNIST benchmark then tried to pretrain its base
+    again, into the base's own folder); its weights file marks the end instead."""
+    run = tmp_path / "base"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"method": "pretrain", "steps_done": 2800,
+                                                 "settings": {"train": {"steps": 2800}}}))
+    assert not run_reuse.finished(run)
+    (run / "model.safetensors").write_bytes(b"")
+    assert run_reuse.finished(run)
