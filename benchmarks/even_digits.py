@@ -110,6 +110,19 @@ FRONTIER_VARIANTS = {  # --frontier-variants (OUT/variants/NAME): what moves a t
 }
 
 
+def frontier_group(name: str) -> str:
+    """The legend entry of a frontier run or variant in OUT/frontier.png."""
+    if name.startswith("frontier"):
+        return "frontier runs: beta 0.05, 8 phases, anchor 0.2"
+    for key, group in (("anchor0.2", "beta 0.1, 8 phases, anchor 0.2"), ("anchor0.5", "beta 0.1, 8 phases, anchor 0.5"),
+                       ("beta0.05-n8-k375-s", "beta 0.05, 8 phases, no anchor"),
+                       ("beta0.05-n4", "beta 0.05, 4 phases, no anchor (session 4)"),
+                       ("beta0.1-n8-k375-s", "beta 0.1, 8 phases, no anchor")):
+        if key in name:
+            return group
+    return "one change to beta 0.1, 8 phases (seed 0)"
+
+
 def frontier_target(x: np.ndarray, clf) -> tuple[float, list[dict]]:
     """The frontier's beta, chosen from the base's samples ``x`` ``[2000, 64]`` before any frontier run, by
     :func:`flowsteer.tilt.choose_beta`: r is the reward's P(even) (the same logistic regression), the classes are
@@ -238,7 +251,8 @@ def main() -> None:
     fig.savefig(out / "collapse_vs_default.png")
     save_frontier_plot(out / "frontier.png", curves,
                        {k: (r["p_even"], r["class_entropy"]) for k, r in results.items() if k not in ("base", "alpha=0")},
-                       title="8x8 digits: the optimum q0 exp(r/beta) (predicted) and the trained runs")
+                       title="8x8 digits: the optimum q0 exp(r/beta) (predicted) and the trained runs",
+                       groups={k: frontier_group(k) for k in results if k.startswith(("frontier", "variant"))})
 
 
 if __name__ == "__main__":

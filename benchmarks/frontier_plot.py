@@ -44,28 +44,42 @@ def optimum_curves(even_probability, labels) -> dict[str, list[dict]]:
 
 
 def save_frontier_plot(path: Path, curves: dict[str, list[dict]], points: dict[str, tuple[float, float]], *,
-                       title: str, bar: tuple[float, float] = (0.99, 1.55)) -> None:
-    """Entropy against P(even): the optimum's curves, the runs as labelled points and the target corner."""
+                       title: str, bar: tuple[float, float] = (0.99, 1.55),
+                       groups: dict[str, str] | None = None) -> None:
+    """Entropy against P(even): the optimum's curves, the runs and the target corner; the right panel zooms on the
+    corner.  A run named in ``groups`` is drawn as its group's marker (one legend entry per group), the others
+    with their own label."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 5.5), dpi=100)
-    for (name, rows), style in zip(curves.items(), ("-", "--")):
-        ax.plot([r["even_share"] for r in rows], [r["class_entropy"] for r in rows], style, color="gray",
-                label=f"optimum q0 exp(r/beta), r = {name}")
-    for label, (p_even, h) in points.items():
-        ax.plot(p_even, h, "o", ms=5)
-        ax.annotate(label, (p_even, h), textcoords="offset points", xytext=(4, 3), fontsize=7)
-    ax.fill_between([bar[0], 1.0], bar[1], 2.1, color="green", alpha=0.08,
-                    label=f"target: P(even) >= {bar[0]}, entropy >= {bar[1]}")
-    ax.set_xlim(0.85, 1.002)  # runs outside (alpha = 0's collapse, alpha = 1) are in the tables, not here
-    ax.set_ylim(1.0, 2.1)
-    ax.set_xlabel("P(even)")
-    ax.set_ylabel("class entropy (nats)")
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, loc="lower left")
+    groups = groups or {}
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), dpi=100)
+    markers = dict(zip(sorted(set(groups.values())), "sD^vP*Xhp<>"))
+    for ax, (xlim, ylim) in zip(axes, (((0.85, 1.002), (1.0, 2.1)), ((0.96, 1.001), (1.1, 1.8)))):
+        for (name, rows), style in zip(curves.items(), ("-", "--")):
+            ax.plot([r["even_share"] for r in rows], [r["class_entropy"] for r in rows], style, color="gray",
+                    label=f"optimum q0 exp(r/beta), r = {name}")
+        ax.fill_between([bar[0], 1.0], bar[1], ylim[1], color="green", alpha=0.08,
+                        label=f"target: P(even) >= {bar[0]}, entropy >= {bar[1]}")
+        seen: set[str] = set()
+        for label, (p_even, h) in points.items():
+            group = groups.get(label)
+            if group is None:
+                ax.plot(p_even, h, "o", ms=5, color="black")
+                ax.annotate(label, (p_even, h), textcoords="offset points", xytext=(4, 3), fontsize=7)
+            else:
+                ax.plot(p_even, h, markers[group], ms=6, alpha=0.8, color=f"C{sorted(markers).index(group)}",
+                        label=None if group in seen else group)
+                seen.add(group)
+        ax.set_xlim(*xlim)  # runs outside (alpha = 0's collapse, alpha = 1) are in the tables, not here
+        ax.set_ylim(*ylim)
+        ax.set_xlabel("P(even)")
+        ax.set_ylabel("class entropy (nats)")
+    axes[0].set_title(title, fontsize=10)
+    axes[1].set_title("the target corner", fontsize=10)
+    axes[1].legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
