@@ -9,6 +9,7 @@ Checked against a closed form: q0 = N(0, 1) (a zero velocity field), a policy N(
 and r(x) = x, whose tilts are shifted Gaussians: exp(c x) N(m, 1) = N(m + c, 1).
 """
 
+import math
 import shutil
 import subprocess
 import sys
@@ -82,6 +83,9 @@ def test_the_batch_fits_the_mixture_of_the_two_tilts(step, phase):
     assert float(w[:p].mean()) == pytest.approx(1.0) and float(w[p:].mean()) == pytest.approx(1.0)
     within(x1[:p], w[:p], 0.3 + cfg.tau)
     within(x1[p:], w[p:], phase * cfg.tau)
+    # the logged anchor_ess is Kish's ESS of the anchor part: about a exp(-(n tau)^2) for a Gaussian tilted by n tau
+    assert float(obj.anchor_ess) == pytest.approx(float(w[p:].sum() ** 2 / (w[p:] ** 2).sum()))
+    assert float(obj.anchor_ess) == pytest.approx(cfg.anchor_size * math.exp(-(phase * cfg.tau) ** 2), rel=0.05)
 
 
 def test_the_phase_rises_exactly_at_the_refreshes():

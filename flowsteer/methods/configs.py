@@ -101,7 +101,8 @@ class AlignConfig(FineTuneStart):
         help="with --target-beta: a share RHO of each batch comes from a fixed set of --rwr-samples samples of q0, "
              "weighted by exp(n tau r) in phase n, so that each phase fits (1-RHO) q_{n-1} exp(tau r) + RHO q0 "
              "exp(n tau r); both equal Theorem 2's q0 exp(n tau r), but the second holds the policy's fitting errors "
-             "from adding up over the phases (its mode shares drift otherwise)")
+             "from adding up over the phases (its mode shares drift otherwise); the anchor part's effective sample "
+             "size is logged as anchor_ess")
     rollout_solver: str = option("euler", choices=SOLVERS, on_resume="apply", help="solver of the rollouts")
     rollout_steps: int = option(10, ge=1, on_resume="apply", help="solver steps of each rollout")
     weights: str = option("mean", choices=("mean", "none"),

@@ -158,6 +158,7 @@ class RewardWeightedObjective(AlignObjectiveBase):
         # again (each process its own), so checkpoints do not hold them
         self.offline: dict[str, Tensor] | None = self._offline_set(generator) if config.method == "rwr" else None
         self.anchor: dict[str, Tensor] | None = self._offline_set(generator) if config.anchor_share > 0 else None
+        self.anchor_ess: Tensor | None = None  # of the last batch's anchor part (see weights)
 
     # -- sampling policy ------------------------------------------------------
 
@@ -254,8 +255,11 @@ class RewardWeightedObjective(AlignObjectiveBase):
             raise ValueError("the anchor's weights depend on the phase: pass the step")
         p = r.shape[0] - a
         n = cfg.phase_at(step)
-        return torch.cat([reward_weights(r[:p], tau=cfg.tau, valid=valid[:p], source=source),
-                          reward_weights(r[p:], tau=n * cfg.tau, valid=valid[p:], source=source)])
+        anchor = reward_weights(r[p:], tau=n * cfg.tau, valid=valid[p:], source=source)
+        # Kish's effective sample size of the anchor's part (logged as anchor_ess): at a large n tau few of the
+        # fixed samples carry the weight, and the anchor then refits those few
+        self.anchor_ess = anchor.sum() ** 2 / (anchor * anchor).sum()
+        return torch.cat([reward_weights(r[:p], tau=cfg.tau, valid=valid[:p], source=source), anchor])
 
     # -- loss -----------------------------------------------------------------
 
@@ -297,6 +301,8 @@ class RewardWeightedObjective(AlignObjectiveBase):
             "reward": rv.mean(), "reward_std": rv.std() if rv.numel() > 1 else 0.0,
             "w2_bound": w2_value, "alpha": alpha_used, "w_max": w.max(),
         }
+        if self.anchor is not None:
+            metrics["anchor_ess"] = self.anchor_ess
         if self.cfg.on_bad_reward == "skip":
             metrics["bad_rewards"] = float((~valid[:p]).sum())
         # the divergence check watches the weighted CFM term, free of the weights' scale (raw ones move it)
