@@ -101,12 +101,12 @@ def test_the_anchor_is_q0_drawn_once():
     """The anchor set is rwr_samples draws of the reference (N(0, 1) here), drawn when the objective is made; its
     samples do not change with the step or the policy."""
     obj = objective(config(rwr_samples=50_000))
-    a = obj.anchor["x"][:, 0]
+    a = obj.anchor.x[:, 0]
     assert a.shape == (50_000,) and abs(float(a.mean())) < 0.02 and float(a.std()) == pytest.approx(1.0, abs=0.02)
-    assert torch.equal(obj.anchor["r"], a.to(obj.anchor["r"].dtype))  # rewards are kept in float32
-    before = obj.anchor["x"].clone()
+    assert torch.equal(obj.anchor.r, a.to(obj.anchor.r.dtype))  # rewards are kept in float32
+    before = obj.anchor.x.clone()
     obj.next_batch(ConstantField(2.0), 35, torch.Generator().manual_seed(2))
-    assert torch.equal(obj.anchor["x"], before)
+    assert torch.equal(obj.anchor.x, before)
 
 
 def test_what_the_anchor_needs_is_checked():
@@ -159,8 +159,8 @@ def test_samples_with_bad_rewards_are_left_out_of_the_fixed_set():
     g = torch.Generator().manual_seed(0)
     obj = RewardWeightedObjective(reference=ConstantField(0.0), reward=half_nan, config=cfg, decode=lambda x: x,
                                   shape=(1,), sigma=0.0, generator=g)
-    assert 900 < obj.anchor["x"].shape[0] < 1100 and bool((obj.anchor["x"] >= 0).all())
-    assert bool(obj.anchor["valid"].all()) and bool(torch.isfinite(obj.anchor["r"]).all())
+    assert 900 < obj.anchor.x.shape[0] < 1100 and bool((obj.anchor.x >= 0).all())
+    assert bool(torch.isfinite(obj.anchor.r).all())
     for step in (0, 35, 95):
         x1, cond, r, valid = obj.next_batch(ConstantField(0.3), step, torch.Generator().manual_seed(step))
         assert bool(torch.isfinite(obj.weights(r, valid, step)).all())

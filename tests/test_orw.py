@@ -222,9 +222,9 @@ def test_rwr_trains_on_one_fixed_reference_set(gaussian_base):
         return x[:, 0]
 
     _, model, obj, _, g = make_objective(gaussian_base, reward, method="rwr", rwr_samples=256)
-    assert obj.offline["x"].shape == (256, 2) and sum(calls) == 256  # scored once, up front
+    assert obj.offline.x.shape == (256, 2) and sum(calls) == 256  # scored once, up front
     x1, _, r, _ = obj.next_batch(model, 0, g)
-    rows = {tuple(v) for v in obj.offline["x"].tolist()}
+    rows = {tuple(v) for v in obj.offline.x.tolist()}
     assert all(tuple(v) in rows for v in x1.tolist())  # every batch comes from the fixed set
     for step in range(3):
         obj.loss(model, step=step, generator=g)

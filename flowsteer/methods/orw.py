@@ -21,12 +21,8 @@ Methods (one loop, one budget):
 * ``raft``   - keep the top fraction of each online batch by reward, unweighted CFM.
 
 ``orw`` with ``target_beta`` (Theorem 2 as a stopping rule) refreshes the policy at 0, K, ..., (N-1)K only,
-N = 1/(beta tau), and keeps it.  With ``anchor_share = rho`` the last ``round(rho B)`` samples of each batch come
-from a fixed set of q0's samples (drawn once, like RWR's) weighted by ``exp(n tau r)`` in phase n, the policy's by
-``exp(tau r)``, each part normalised to mean 1: the batch then fits ``(1-rho) q_{n-1} exp(tau r) + rho q0
-exp(n tau r)``.  Both terms are Theorem 2's ``q0 exp(n tau r)`` when every phase is fitted exactly; when one is
-not, the anchor's term does not inherit its error, so the phases' errors stop adding up (without it the even
-classes' shares of the digits benchmarks random-walk away from the optimum's).
+N = 1/(beta tau), and keeps it; ``anchor_share`` mixes an anchor of q0's samples into each batch
+(:mod:`flowsteer.methods.fixed_set`).
 
 ``rwr`` and ``raft`` take the W2 term with ``w2=True``.  ``w2_budget = eps``
 adapts alpha by dual ascent, ``alpha <- max(0, alpha + eta (m_k / eps - 1))`` with
@@ -62,45 +58,11 @@ from .budget import align_final, run_title
 from .common import finish_run, fit, prepare_model, run_context, run_device, run_header, start_run_folder
 from .objective_base import AlignObjectiveBase
 from .configs import AlignConfig
+from .fixed_set import FixedSet
 from .policy import LaggedPolicy
+from .weighting import anchor_mixture_weights, reward_weights
 
 __all__ = ["AlignConfig", "RewardWeightedObjective", "align", "orw_loss", "reward_weights"]
-
-
-def reward_weights(r: Tensor, *, tau: float, normalize: str = "mean", standardize: bool = False,
-                   valid: Tensor | None = None, source: str = "") -> Tensor:
-    """Weights ``w_i`` of a batch of rewards ``r`` (``[B]``).
-
-    ``normalize="mean"``: ``w = B' softmax(tau r)`` over the ``B'`` valid samples
-    (= exp(tau r) / mean exp(tau r)); ``"none"``: ``w = exp(tau r)``.  Invalid
-    samples (``valid == False``) get weight 0.  Never returns NaN.  Raw weights that overflow, or that
-    underflow to 0 for every sample (the step would learn nothing), raise RewardError (``source``, e.g.
-    "reward 'X' at step 7", starts the message).
-    """
-    if valid is None:
-        valid = torch.isfinite(r)
-    z = torch.where(valid, r, torch.zeros_like(r))
-    if standardize:
-        zs = z[valid]
-        std = zs.std() if zs.numel() > 1 else torch.ones((), device=r.device)
-        z = (z - zs.mean()) / std.clamp_min(1e-8)
-    logw = tau * z
-    if normalize == "mean":
-        logw = torch.where(valid, logw, torch.full_like(logw, -math.inf))
-        w = torch.softmax(logw, dim=0) * valid.sum()
-    else:
-        w = torch.where(valid, torch.exp(logw), torch.zeros_like(logw))
-        # one host read for both checks (the step has just read its rewards' validity anyway)
-        overflow, underflow = torch.stack([~torch.isfinite(w).all(), valid.any() & (w.amax() == 0)]).tolist()
-        if overflow or underflow:
-            top = torch.where(valid, logw, torch.full_like(logw, -math.inf)).max().item()
-            if overflow:
-                raise RewardError(f"{source}raw weights exp(tau*r) overflowed (max tau*r = {top:.1f}); use --weights "
-                                  "mean or a smaller --tau")
-            raise RewardError(f"{source}raw weights exp(tau*r) underflowed to 0 for every sample (max tau*r = "
-                              f"{top:.1f}), so the step would learn nothing from the reward; use --weights mean, a "
-                              "smaller --tau, or shift the reward up")
-    return w
 
 
 def orw_loss(pred: Tensor, target: Tensor, ref: Tensor, weights: Tensor, *, alpha: float) -> tuple[Tensor, Tensor]:
@@ -148,16 +110,15 @@ class RewardWeightedObjective(AlignObjectiveBase):
         if config.w2_budget is not None:
             self.alpha = torch.tensor(float(self.alpha), dtype=self.stat_dtype, device=self.device)
         self.policy: LaggedPolicy | None = None
-        if config.anchor_share > 0 and not 1 <= config.anchor_size <= config.train.batch_size - 1:
-            # config is this process's: its batch is the run's batch split over the processes
+        if config.anchor_share > 0 and not 1 <= config.anchor_size < config.train.batch_size:  # this process's batch
             raise ConfigError(f"--anchor-share {config.anchor_share:g} of this process's batch of "
-                              f"{config.train.batch_size} gives {config.anchor_size} anchor samples; it must give 1 to "
+                              f"{config.train.batch_size} gives {config.anchor_size} anchor samples, not 1 to "
                               f"{config.train.batch_size - 1}: raise --batch-size or change --anchor-share")
         # RWR's fixed set, and --anchor-share's (q0's samples, weighted by exp(n tau r) in phase n: Theorem 2's law
         # there) are drawn here, first thing from the run's freshly seeded generator: a resume draws the same sets
         # again (each process its own), so checkpoints do not hold them
-        self.offline: dict[str, Tensor] | None = self._offline_set(generator) if config.method == "rwr" else None
-        self.anchor: dict[str, Tensor] | None = self._offline_set(generator) if config.anchor_share > 0 else None
+        self.offline: FixedSet | None = self._fixed_set(generator) if config.method == "rwr" else None
+        self.anchor: FixedSet | None = self._fixed_set(generator) if config.anchor_share > 0 else None
         self.anchor_ess: Tensor | None = None  # of the last batch's anchor part (see weights)
 
     # -- sampling policy ------------------------------------------------------
@@ -185,38 +146,17 @@ class RewardWeightedObjective(AlignObjectiveBase):
         self.bad_total += n_bad
         return r, valid
 
-    def _offline_set(self, generator: torch.Generator) -> dict[str, Tensor]:
-        """``rwr_samples`` samples of the reference (q0) with their rewards and class labels; samples whose reward
-        was not finite (``--on-bad-reward skip``) are left out, so that no draw from the set is all invalid (a
-        chunk of the draw whose rewards are all bad stops the run, as a batch would: :func:`finite_rewards`)."""
-        xs, rs, vs, ys = [], [], [], []
-        n, b = self.cfg.rwr_samples, self.cfg.train.batch_size
-        for start in range(0, n, b):
-            x, cond = self._rollout(self.reference, min(b, n - start), generator)
-            r, valid = self._score(x, cond, 0)
-            xs.append(x), rs.append(r), vs.append(valid)
-            if "y" in cond:  # a class label (a prompt's states are the same for every sample)
-                ys.append(cond["y"])
-        keep = torch.cat(vs)
-        out = {"x": torch.cat(xs)[keep], "r": torch.cat(rs)[keep]}
-        if ys:
-            out["y"] = torch.cat(ys)[keep]
-        out["valid"] = torch.ones(out["x"].shape[0], dtype=torch.bool, device=out["x"].device)
-        return out
-
-    def _draw(self, fixed: dict[str, Tensor], b: int, generator: torch.Generator):
-        """``b`` samples of a fixed set (RWR's, or the anchor's), drawn with replacement, as next_batch returns them."""
-        idx = torch.randint(0, fixed["x"].shape[0], (b,), generator=generator, device=self.device)
-        cond = {**(self.condition(b) if self.condition is not None else {}),
-                **({"y": fixed["y"][idx]} if "y" in fixed else {})}
-        return fixed["x"][idx], cond, fixed["r"][idx], fixed["valid"][idx]
+    def _fixed_set(self, generator: torch.Generator) -> FixedSet:
+        return FixedSet.draw(lambda b: self._rollout(self.reference, b, generator),
+                             lambda x, cond: self._score(x, cond, 0), n=self.cfg.rwr_samples,
+                             batch=self.cfg.train.batch_size)
 
     def next_batch(self, model: nn.Module, step: int, generator: torch.Generator):
         """x1 ``[B, *D]``, its conditions, rewards ``[B]`` and validity for this step.  With an anchor, the last
         ``anchor_size`` samples come from the anchor set and the others from the policy."""
         b = self.cfg.train.batch_size
         if self.offline is not None:
-            return self._draw(self.offline, b, generator)
+            return self.offline.sample(b, generator, self.condition)
         if self.policy is None:
             self.policy = LaggedPolicy(model)
             if self._pending_policy is not None:
@@ -230,7 +170,7 @@ class RewardWeightedObjective(AlignObjectiveBase):
         r, valid = self._score(x1, cond, step)
         if not a:
             return x1, cond, r, valid
-        xa, ca, ra, va = self._draw(self.anchor, a, generator)
+        xa, ca, ra, va = self.anchor.sample(a, generator, self.condition)
         cond = {**(self.condition(b) if self.condition is not None else {}),  # a prompt's states, the same for all
                 **({"y": torch.cat([cond["y"], ca["y"]])} if "y" in cond else {})}
         return torch.cat([x1, xa]), cond, torch.cat([r, ra]), torch.cat([valid, va])
@@ -249,17 +189,11 @@ class RewardWeightedObjective(AlignObjectiveBase):
         if not a:
             return reward_weights(r, tau=cfg.tau, normalize=cfg.weights, standardize=cfg.standardize_reward,
                                   valid=valid, source=source)
-        # the policy's part fits q_{n-1} exp(tau r) and the anchor's q0 exp(n tau r), each normalised to mean 1, so
-        # that the batch's target is their (B - a, a) mixture (module doc)
         if step is None:
             raise ValueError("the anchor's weights depend on the phase: pass the step")
-        p = r.shape[0] - a
-        n = cfg.phase_at(step)
-        anchor = reward_weights(r[p:], tau=n * cfg.tau, valid=valid[p:], source=source)
-        # Kish's effective sample size of the anchor's part (logged as anchor_ess): at a large n tau few of the
-        # fixed samples carry the weight, and the anchor then refits those few
-        self.anchor_ess = anchor.sum() ** 2 / (anchor * anchor).sum()
-        return torch.cat([reward_weights(r[:p], tau=cfg.tau, valid=valid[:p], source=source), anchor])
+        w, self.anchor_ess = anchor_mixture_weights(r, valid, anchor_size=a, tau=cfg.tau, phase=cfg.phase_at(step),
+                                                    source=source)
+        return w
 
     # -- loss -----------------------------------------------------------------
 

@@ -1,0 +1,54 @@
+"""A fixed set of the reference model's (q0's) samples: RWR's data, and the anchor of ``--anchor-share``.
+
+With ``--target-beta`` and ``anchor_share = rho`` the last ``round(rho B)`` samples of each batch come from a
+fixed set of q0's samples (drawn once, like RWR's) weighted by ``exp(n tau r)`` in phase n, the policy's by
+``exp(tau r)``, each part normalised to mean 1: the batch then fits ``(1-rho) q_{n-1} exp(tau r) + rho q0
+exp(n tau r)``.  Both terms are Theorem 2's ``q0 exp(n tau r)`` when every phase is fitted exactly; when one is
+not, the anchor's term does not inherit its error, so the phases' errors stop adding up (without it the even
+classes' shares of the digits benchmarks random-walk away from the optimum's).
+
+The set is drawn once, when the objective is made, first thing from the run's freshly seeded generator: a
+resume draws the same set again (each process its own), so checkpoints do not hold it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+__all__ = ["FixedSet"]
+
+
+@dataclass
+class FixedSet:
+    """Samples ``x`` ``[n, *D]`` of q0, their rewards ``r`` ``[n]`` (all finite) and class labels ``y`` ``[n]``."""
+
+    x: Tensor
+    r: Tensor
+    y: Tensor | None = None
+
+    @classmethod
+    def draw(cls, rollout: Callable[[int], tuple[Tensor, dict[str, Tensor]]],
+             score: Callable[[Tensor, dict[str, Tensor]], tuple[Tensor, Tensor]], *, n: int, batch: int) -> "FixedSet":
+        """``n`` samples in chunks of ``batch``: ``rollout(b) -> (x, cond)``, ``score(x, cond) -> (r, valid)``.
+        Samples whose reward was not finite (``--on-bad-reward skip``) are left out, so that no draw from the set
+        is all invalid; a chunk whose rewards are all bad stops the run in ``score``, as a batch would."""
+        xs, rs, vs, ys = [], [], [], []
+        for start in range(0, n, batch):
+            x, cond = rollout(min(batch, n - start))
+            r, valid = score(x, cond)
+            xs.append(x), rs.append(r), vs.append(valid)
+            if "y" in cond:  # a class label (a prompt's states are the same for every sample)
+                ys.append(cond["y"])
+        keep = torch.cat(vs)
+        return cls(x=torch.cat(xs)[keep], r=torch.cat(rs)[keep], y=torch.cat(ys)[keep] if ys else None)
+
+    def sample(self, b: int, generator: torch.Generator, condition: Callable[[int], Any] | None = None):
+        """``b`` samples drawn with replacement, as a batch: ``(x, cond, r, valid)``; ``condition(b)`` gives the
+        conditions every sample shares (a prompt's states)."""
+        idx = torch.randint(0, self.x.shape[0], (b,), generator=generator, device=self.x.device)
+        cond = {**(condition(b) if condition is not None else {}), **({"y": self.y[idx]} if self.y is not None else {})}
+        return self.x[idx], cond, self.r[idx], torch.ones(b, dtype=torch.bool, device=self.x.device)
