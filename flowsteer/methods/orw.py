@@ -48,7 +48,7 @@ from ..evaluators import AlignEvaluator, SampleMetrics
 from ..interrupts import interruptible
 from ..paths import TimeSampler, build_path
 from ..plots import save_training_curves
-from ..rewards import RewardError, build_reward, score
+from ..rewards import build_reward, score
 from ..rewards.protocol import finite_rewards, reward_name
 from ..runs import METRICS_FILE, REWARD_CURVE_PLOT, Run
 from ..solvers import integrate
@@ -112,7 +112,7 @@ class RewardWeightedObjective(AlignObjectiveBase):
         self.policy: LaggedPolicy | None = None
         if config.anchor_share > 0 and not 1 <= config.anchor_size < config.train.batch_size:  # this process's batch
             raise ConfigError(f"--anchor-share {config.anchor_share:g} of this process's batch of "
-                              f"{config.train.batch_size} gives {config.anchor_size} anchor samples, not 1 to "
+                              f"{config.train.batch_size} gives {config.anchor_size} anchor samples; it must give 1 to "
                               f"{config.train.batch_size - 1}: raise --batch-size or change --anchor-share")
         # RWR's fixed set, and --anchor-share's (q0's samples, weighted by exp(n tau r) in phase n: Theorem 2's law
         # there) are drawn here, first thing from the run's freshly seeded generator: a resume draws the same sets

@@ -1,6 +1,7 @@
 """Reward weights of a batch: ORW's ``exp(tau r)`` normalised by its mean, and the anchor's two-part mixture.
 
-``reward_weights`` is the weight every reward-weighted method uses (module doc of :mod:`flowsteer.methods.orw`).
+``reward_weights`` is the weight of ORW, ORW-W2 and RWR (module doc of :mod:`flowsteer.methods.orw`; RAFT keeps a
+top fraction instead).
 ``anchor_mixture_weights`` weights a batch whose last ``a`` samples come from the anchor set
 (:mod:`flowsteer.methods.fixed_set`): the policy's part by ``exp(tau r)``, the anchor's by ``exp(n tau r)`` in
 phase n, each normalised to mean 1, so that the batch's target is the ``(B - a, a)`` mixture of
