@@ -48,7 +48,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run_reuse, also when a test loads this file by path
 from frontier_plot import optimum_curves, save_frontier_plot  # noqa: E402
-from run_reuse import finished, reuse_problems  # noqa: E402
+from run_reuse import finished, refuse_another_run  # noqa: E402
 ALPHAS = ("0", "0.1", "0.3", "1")
 
 
@@ -194,10 +194,7 @@ def main() -> None:
 
     def job(name: str) -> tuple[str, dict]:
         run, extra = jobs[name]
-        problems = reuse_problems(run, [*align[1:], *extra]) if (run / "config.json").is_file() else []
-        if problems:  # a folder of another command is neither scored as this job's nor resumed
-            raise SystemExit(f"{run} holds a run made with other options ({'; '.join(problems)}); "
-                             "choose a new --out, or move that folder away")
+        refuse_another_run(run, [*align[1:], *extra])
         if not finished(run):  # a finished run of the same options is scored again, not retrained
             resume = ["--resume"] if (run / "latest").is_file() else []  # an interrupted run continues
             times[name] = cli(*align, "--out", str(run), *extra, *resume, threads_env=env)

@@ -52,9 +52,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run_reuse, also when a test loads this file by path
-from frontier_plot import optimum_curves, save_frontier_plot  # noqa: E402
-from run_reuse import finished, reuse_problems  # noqa: E402
-EVEN = (0, 2, 4, 6, 8)
+from frontier_plot import EVEN, optimum_curves, save_frontier_plot  # noqa: E402
+from run_reuse import finished, refuse_another_run  # noqa: E402
 FRONTIER_BETAS = (0.2, 0.1, 0.05, 0.02)  # the candidate targets, largest (least sharpened) first
 FRONTIER_SHARE = 0.9999  # the predicted even share the chosen target must reach (see frontier_target)
 FRONTIER_PHASES = 4  # N: on 8x8 digits 4 phases of tau = 5 followed q0 exp(r / 0.05) closer than 2 of tau = 10
@@ -306,12 +305,9 @@ def main() -> None:
     def job(name: str) -> tuple[str, dict]:
         run = runs[name]
         command = ["align", "--base", str(out / starts[name]), *align[3:]] if name in starts else align
-        if (run / "config.json").is_file():  # reused (scored or resumed) only if it was made with the job's options
-            known = [v for i, v in enumerate(jobs[name]) if "auto" not in jobs[name][i:i + 2]]  # auto: not yet known
-            problems = reuse_problems(run, [*command[1:], *known])
-            if problems:
-                raise SystemExit(f"{run} holds a run made with other options ({'; '.join(problems)}); "
-                                 "choose a new --out, or move that folder away")
+        # reused (scored or resumed) only if it was made with the job's options; an auto budget is not known yet
+        known = [v for i, v in enumerate(jobs[name]) if "auto" not in jobs[name][i:i + 2]]
+        refuse_another_run(run, [*command[1:], *known])
         if not finished(run):
             options = [budget_eps() if v == "auto" else v for v in jobs[name]]
             resume = ["--resume"] if (run / "latest").is_file() else []  # an interrupted run continues

@@ -5,7 +5,7 @@ finished one again and resume an interrupted one.  A folder name alone does not 
 run left by an older version of the script, or by the same script with other options, would be reported as
 the job's.  So a folder is reused only when its ``config.json`` records every option the job passes.
 
-Import it from a benchmark as ``from run_reuse import finished, reuse_problems`` after putting this folder on
+Import it from a benchmark as ``from run_reuse import finished, refuse_another_run`` after putting this folder on
 ``sys.path`` (the scripts do so, so that a test that loads a script by its path finds it too).
 """
 
@@ -84,3 +84,12 @@ def reuse_problems(run: Path, args: list[str], *, ignore: tuple[str, ...] = ("ou
         elif not _same(where[key], given, key):
             problems.append(f"--{key.replace('_', '-')} was {where[key]!r}, the job gives {given!r}")
     return problems
+
+
+def refuse_another_run(run: Path, args: list[str]) -> None:
+    """Stop the benchmark with one line when ``run`` holds a run that ``flowsteer ... args`` did not make (see
+    :func:`reuse_problems`); an empty or missing folder passes."""
+    problems = reuse_problems(run, args) if (run / "config.json").is_file() else []
+    if problems:  # a folder of another command is neither scored as the job's nor resumed
+        raise SystemExit(f"{run} holds a run made with other options ({'; '.join(problems)}); "
+                         "choose a new --out, or move that folder away")

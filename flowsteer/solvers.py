@@ -88,6 +88,11 @@ def _check(steps: int, t0: float, t1: float) -> None:
         raise ConfigError(f"integration needs t1 > t0, got t0={t0}, t1={t1}")
 
 
+def _time_grid(t0: float, t1: float, steps: int) -> Tensor:
+    """The ``steps + 1`` grid times of the fixed-step solvers, as host float64 (read in the Python loop)."""
+    return torch.linspace(t0, t1, steps + 1, dtype=torch.float64, device="cpu")
+
+
 @torch.inference_mode()
 def _fixed_step(
     field: _CountingField,
@@ -102,7 +107,7 @@ def _fixed_step(
     generator: torch.Generator | None,
     bridge_eps: float | None = None,
 ) -> SampleResult:
-    times = torch.linspace(t0, t1, steps + 1, dtype=torch.float64, device="cpu")  # host floats for the loop
+    times = _time_grid(t0, t1, steps)
     traj = [x] if return_trajectory else None
     x1_hat = None  # euler-maruyama past t = 1 - bridge_eps: the network's end point, asked once
     for k in range(steps):
@@ -238,6 +243,6 @@ def nfe_of(solver: str, steps: int, *, sigma: float = 0.0, t0: float = 0.0, t1: 
         return -1
     if solver != "euler-maruyama" or sigma <= 0 or bridge_eps is None:
         return per_step[solver] * steps
-    starts = torch.linspace(t0, t1, steps + 1, dtype=torch.float64)[:-1]  # the grid of _fixed_step
+    starts = _time_grid(t0, t1, steps)[:-1]
     past = int((starts > 1 - bridge_eps).sum())
     return steps - past + (1 if past else 0)

@@ -160,6 +160,15 @@ class AlignConfig(FineTuneStart):
         """Samples of each batch drawn from the anchor set of q0 (``round(anchor_share * batch_size)``; 0: none)."""
         return round(self.anchor_share * self.train.batch_size)
 
+    def anchor_size_problem(self, batch: str = "--batch-size") -> str | None:
+        """Why ``anchor_size`` is not 1 to B - 1 of the batch (``train.batch_size``: the run's, or one process's,
+        which ``batch`` names), or None."""
+        b = self.train.batch_size
+        if self.anchor_share > 0 and not 1 <= self.anchor_size <= b - 1:
+            return (f"--anchor-share {self.anchor_share:g} of {batch} {b} gives {self.anchor_size} anchor samples per "
+                    f"batch; it must give 1 to {b - 1}")
+        return None
+
     def phase_at(self, step: int) -> int:
         """The phase n (1..N) that ``step`` trains in with ``target_beta``: it fits ``q_{n-1} exp(tau r)``, which
         Theorem 2 makes ``q0 exp(n tau r)``; after the N-th phase (the policy kept) it stays N."""
@@ -193,14 +202,12 @@ class AlignConfig(FineTuneStart):
             flag = "--standardize-reward" if self.standardize_reward else "--misaligned-weights"
             return [f"--target-beta needs the weights exp(tau r) of Theorem 2, which {flag} changes; drop {flag}"]
         if self.anchor_share > 0:
-            b = self.train.batch_size
             if self.weights != "mean":
                 return ["--anchor-share mixes two weighted samples, each normalised by its own mean; drop --weights none"]
             if self.init_lora is not None:
                 return ["--anchor-share draws q0 from the base, which --init-lora's adapter changes; drop one of them"]
-            if not 1 <= self.anchor_size <= b - 1:
-                return [(f"--anchor-share {self.anchor_share:g} of --batch-size {b} gives {self.anchor_size} anchor "
-                         f"samples per batch; it must give 1 to {b - 1}")]
+            if (problem := self.anchor_size_problem()) is not None:
+                return [problem]
         product = self.target_beta * self.tau
         if not product > 0 or 1.0 / product > 1e6:
             return [f"--target-beta {self.target_beta:g} with --tau {self.tau:g} asks for more than a million phases; "

@@ -110,10 +110,9 @@ class RewardWeightedObjective(AlignObjectiveBase):
         if config.w2_budget is not None:
             self.alpha = torch.tensor(float(self.alpha), dtype=self.stat_dtype, device=self.device)
         self.policy: LaggedPolicy | None = None
-        if config.anchor_share > 0 and not 1 <= config.anchor_size < config.train.batch_size:  # this process's batch
-            raise ConfigError(f"--anchor-share {config.anchor_share:g} of this process's batch of "
-                              f"{config.train.batch_size} gives {config.anchor_size} anchor samples; it must give 1 to "
-                              f"{config.train.batch_size - 1}: raise --batch-size or change --anchor-share")
+        # config is this process's: its batch is the run's split over the processes (validate checked the run's)
+        if (problem := config.anchor_size_problem("this process's batch of")) is not None:
+            raise ConfigError(f"{problem}: raise --batch-size or change --anchor-share")
         # RWR's fixed set, and --anchor-share's (q0's samples, weighted by exp(n tau r) in phase n: Theorem 2's law
         # there) are drawn here, first thing from the run's freshly seeded generator: a resume draws the same sets
         # again (each process its own), so checkpoints do not hold them
@@ -164,13 +163,13 @@ class RewardWeightedObjective(AlignObjectiveBase):
                 self._pending_policy = None
         if self.cfg.refreshes_at(step):
             self.policy.refresh(model)
-        a = self.cfg.anchor_size if self.anchor is not None else 0
+        a = self.cfg.anchor_size  # 0 without an anchor
         with self.policy.network(model) as policy:
             x1, cond = self._rollout(policy, b - a, generator)
         r, valid = self._score(x1, cond, step)
         if not a:
             return x1, cond, r, valid
-        xa, ca, ra, va = self.anchor.sample(a, generator, self.condition)
+        xa, ca, ra, va = self.anchor.sample(a, generator)  # a prompt's states are added for the whole batch below
         cond = {**(self.condition(b) if self.condition is not None else {}),  # a prompt's states, the same for all
                 **({"y": torch.cat([cond["y"], ca["y"]])} if "y" in cond else {})}
         return torch.cat([x1, xa]), cond, torch.cat([r, ra]), torch.cat([valid, va])
@@ -185,7 +184,7 @@ class RewardWeightedObjective(AlignObjectiveBase):
             return keep.float() * (r.numel() / k)
         at = f" at step {step}" if step is not None else ""
         source = f"reward {reward_name(self.reward)!r}{at}: "
-        a = cfg.anchor_size if self.anchor is not None else 0
+        a = cfg.anchor_size  # 0 without an anchor
         if not a:
             return reward_weights(r, tau=cfg.tau, normalize=cfg.weights, standardize=cfg.standardize_reward,
                                   valid=valid, source=source)
@@ -229,7 +228,7 @@ class RewardWeightedObjective(AlignObjectiveBase):
         if self.cfg.w2_budget is not None:
             step_size = self.cfg.dual_lr * (w2_value / self.cfg.w2_budget - 1.0)
             self.alpha = (self.alpha + step_size).clamp_min(0.0)
-        p = r.shape[0] - (self.cfg.anchor_size if self.anchor is not None else 0)
+        p = r.shape[0] - self.cfg.anchor_size
         rv = r[:p][valid[:p]]  # the policy's rollouts (the anchor's fixed samples are not the model's progress)
         metrics: dict[str, Tensor | float] = {
             "reward": rv.mean(), "reward_std": rv.std() if rv.numel() > 1 else 0.0,
