@@ -297,6 +297,13 @@ CASES = [
     ("target-beta-to-nft", "--target-beta given to nft",
      "align --base {ws}/run --reward target:1,0 --method nft --target-beta 0.1 --out {ws}/new", 2,
      "--target-beta"),
+    # --- issue 15, session 6: --rollout-pool
+    ("rollout-pool-to-rwr", "--rollout-pool given to offline RWR (it has no policy rollouts to reuse)",
+     "align --base {ws}/run --reward target:1,0 --method rwr --rollout-pool 512 --out {ws}/new", 2,
+     "--rollout-pool reuses the online policy's rollouts; --method rwr trains on its fixed set"),
+    ("rollout-pool-below-batch", "a --rollout-pool smaller than a batch",
+     "align --base {ws}/run --reward target:1,0 --rollout-pool 100 --batch-size 256 --out {ws}/new", 2,
+     "--rollout-pool (100) must be >= --batch-size (256)"),
 ]
 
 

@@ -22,7 +22,7 @@ NEW_OPTION_OWNERS = {
 }
 # ORW's options that the new methods do not read (refresh_every and rollout_solver: NFT reads them)
 ORW_ONLY = ("alpha", "tau", "weights", "standardize_reward", "coupling", "raft_fraction", "rwr_samples", "w2",
-            "w2_budget", "dual_lr", "misaligned_weights", "target_beta")
+            "w2_budget", "dual_lr", "misaligned_weights", "target_beta", "rollout_pool")
 NOT_FOR_GRPO = ("refresh_every", "rollout_solver")
 
 

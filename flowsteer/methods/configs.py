@@ -103,6 +103,12 @@ class AlignConfig(FineTuneStart):
              "exp(n tau r); both equal Theorem 2's q0 exp(n tau r), but the second holds the policy's fitting errors "
              "from adding up over the phases (its mode shares drift otherwise); the anchor part's effective sample "
              "size is logged as anchor_ess")
+    rollout_pool: int = option(
+        0, metavar="P", ge=0,
+        help="orw-w2, orw, raft: at each refresh draw P samples from the sampling policy, and take every step's "
+             "policy samples from them (with replacement) until the next refresh, as DDPO reuses a round of "
+             "rollouts for several updates; the policy is frozen between refreshes, so each batch follows the same "
+             "law, at the cost of reuse; 0 rolls out afresh every step")
     rollout_solver: str = option("euler", choices=SOLVERS, on_resume="apply", help="solver of the rollouts")
     rollout_steps: int = option(10, ge=1, on_resume="apply", help="solver steps of each rollout")
     weights: str = option("mean", choices=("mean", "none"),
@@ -175,6 +181,13 @@ class AlignConfig(FineTuneStart):
         n = self.target_refreshes
         return min(step // self.refresh_every + 1, n) if n is not None else 1
 
+    def last_refresh(self, step: int) -> int:
+        """The step of the last refresh at or before ``step``: the sampling policy of ``step``'s batch is the
+        model as it was then (see :meth:`refreshes_at`)."""
+        at = step - step % self.refresh_every
+        n = self.target_refreshes
+        return at if n is None else min(at, (n - 1) * self.refresh_every)
+
     def refreshes_at(self, step: int) -> bool:
         """Whether the sampling policy is refreshed before ``step`` (step 0 copies the base's weights): every
         ``refresh_every`` steps, and with ``target_beta`` only for the first N phases."""
@@ -244,6 +257,11 @@ class AlignConfig(FineTuneStart):
         check_choice(p, "coupling", self.coupling, COUPLINGS)
         if not p and self.rwr_samples < self.train.batch_size:
             p.append(f"--rwr-samples ({self.rwr_samples}) must be >= --batch-size ({self.train.batch_size})")
+        if not p and self.rollout_pool and self.method == "rwr":
+            p.append("--rollout-pool reuses the online policy's rollouts; --method rwr trains on its fixed set of "
+                     "--rwr-samples instead: drop --rollout-pool")
+        elif not p and 0 < self.rollout_pool < self.train.batch_size:
+            p.append(f"--rollout-pool ({self.rollout_pool}) must be >= --batch-size ({self.train.batch_size})")
         if self.w2_budget is not None and self.method == "orw":
             p.append("--w2-budget adapts the W2 term's alpha; use it with --method orw-w2 (or rwr/raft)")
         check_choice(p, "on-bad-reward", self.on_bad_reward, ("stop", "skip"))

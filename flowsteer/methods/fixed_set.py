@@ -9,6 +9,11 @@ classes' shares of the digits benchmarks random-walk away from the optimum's).
 
 The set is drawn once, when the objective is made, first thing from the run's freshly seeded generator: a
 resume draws the same set again (each process its own), so checkpoints do not hold it.
+
+``--rollout-pool P`` keeps a set of the sampling policy's samples instead: P of them, drawn at each refresh and
+used until the next.  Its draw takes its own generator (:func:`pool_generator`), seeded from the run's seed
+(each process's own) and the refresh's step, so a resume between two refreshes draws the same pool again from
+the saved policy, bitwise, and checkpoints do not hold it either.
 """
 
 from __future__ import annotations
@@ -19,12 +24,12 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-__all__ = ["FixedSet"]
+__all__ = ["FixedSet", "pool_generator"]
 
 
 @dataclass
 class FixedSet:
-    """Samples ``x`` ``[n, *D]`` of q0, their rewards ``r`` ``[n]`` (all finite) and class labels ``y`` ``[n]``."""
+    """Samples ``x`` ``[n, *D]`` of one model (q0, or the sampling policy), their rewards ``r`` ``[n]`` (all finite) and class labels ``y`` ``[n]``."""
 
     x: Tensor
     r: Tensor
@@ -52,3 +57,11 @@ class FixedSet:
         idx = torch.randint(0, self.x.shape[0], (b,), generator=generator, device=self.x.device)
         cond = {**(condition(b) if condition is not None else {}), **({"y": self.y[idx]} if self.y is not None else {})}
         return self.x[idx], cond, self.r[idx], torch.ones(b, dtype=torch.bool, device=self.x.device)
+
+
+def pool_generator(run: torch.Generator, refresh_step: int) -> torch.Generator:
+    """The generator of the rollout pool drawn at ``refresh_step``, on ``run``'s device: seeded from ``run``'s
+    initial seed (the run's seed, or this process's) and the step alone, so that it does not depend on how much
+    of ``run``'s stream was used before (a resume draws the same pool again)."""
+    seed = (run.initial_seed() * 0x9E3779B97F4A7C15 + 2 * refresh_step + 1) % 2**63
+    return torch.Generator(device=run.device).manual_seed(seed)

@@ -21,8 +21,8 @@ Methods (one loop, one budget):
 * ``raft``   - keep the top fraction of each online batch by reward, unweighted CFM.
 
 ``orw`` with ``target_beta`` (Theorem 2 as a stopping rule) refreshes the policy at 0, K, ..., (N-1)K only,
-N = 1/(beta tau), and keeps it; ``anchor_share`` mixes an anchor of q0's samples into each batch
-(:mod:`flowsteer.methods.fixed_set`).
+N = 1/(beta tau), and keeps it; ``anchor_share`` mixes an anchor of q0's samples into each batch, and
+``rollout_pool`` reuses a pool of the policy's samples drawn at each refresh (:mod:`flowsteer.methods.fixed_set`).
 
 ``rwr`` and ``raft`` take the W2 term with ``w2=True``.  ``w2_budget = eps``
 adapts alpha by dual ascent, ``alpha <- max(0, alpha + eta (m_k / eps - 1))`` with
@@ -58,7 +58,7 @@ from .budget import align_final, run_title
 from .common import finish_run, fit, prepare_model, run_context, run_device, run_header, start_run_folder
 from .objective_base import AlignObjectiveBase
 from .configs import AlignConfig
-from .fixed_set import FixedSet
+from .fixed_set import FixedSet, pool_generator
 from .policy import LaggedPolicy
 from .weighting import anchor_mixture_weights, reward_weights
 
@@ -119,6 +119,7 @@ class RewardWeightedObjective(AlignObjectiveBase):
         self.offline: FixedSet | None = self._fixed_set(generator) if config.method == "rwr" else None
         self.anchor: FixedSet | None = self._fixed_set(generator) if config.anchor_share > 0 else None
         self.anchor_ess: Tensor | None = None  # of the last batch's anchor part (see weights)
+        self.pool: FixedSet | None = None  # --rollout-pool's samples of the policy, drawn at its last refresh
 
     # -- sampling policy ------------------------------------------------------
 
@@ -145,10 +146,22 @@ class RewardWeightedObjective(AlignObjectiveBase):
         self.bad_total += n_bad
         return r, valid
 
-    def _fixed_set(self, generator: torch.Generator) -> FixedSet:
-        return FixedSet.draw(lambda b: self._rollout(self.reference, b, generator),
-                             lambda x, cond: self._score(x, cond, 0), n=self.cfg.rwr_samples,
-                             batch=self.cfg.train.batch_size)
+    def _fixed_set(self, generator: torch.Generator, model: nn.Module | None = None, step: int = 0) -> FixedSet:
+        """``rwr_samples`` of the reference (RWR's set, the anchor), or ``rollout_pool`` of ``model``."""
+        n = self.cfg.rollout_pool if model is not None else self.cfg.rwr_samples
+        return FixedSet.draw(lambda b: self._rollout(model or self.reference, b, generator),
+                             lambda x, cond: self._score(x, cond, step), n=n, batch=self.cfg.train.batch_size)
+
+    def _draw_pool(self, policy: nn.Module, step: int, generator: torch.Generator) -> FixedSet:
+        """The pool of the policy refreshed at ``cfg.last_refresh(step)``, from that refresh's own generator.
+        Drawn again after a resume between two refreshes, it is the same pool, and its second draw is not
+        counted in the run's budget (an uninterrupted run drew it once)."""
+        at = self.cfg.last_refresh(step)
+        counts = (self.budget.reward_calls, self.budget.model_evals)
+        pool = self._fixed_set(pool_generator(generator, at), policy, at)
+        if at != step:
+            self.budget.reward_calls, self.budget.model_evals = counts
+        return pool
 
     def next_batch(self, model: nn.Module, step: int, generator: torch.Generator):
         """x1 ``[B, *D]``, its conditions, rewards ``[B]`` and validity for this step.  With an anchor, the last
@@ -163,10 +176,17 @@ class RewardWeightedObjective(AlignObjectiveBase):
                 self._pending_policy = None
         if self.cfg.refreshes_at(step):
             self.policy.refresh(model)
+            self.pool = None
         a = self.cfg.anchor_size  # 0 without an anchor
         with self.policy.network(model) as policy:
-            x1, cond = self._rollout(policy, b - a, generator)
-        r, valid = self._score(x1, cond, step)
+            if self.cfg.rollout_pool and self.pool is None:
+                self.pool = self._draw_pool(policy, step, generator)
+            if self.pool is None:
+                x1, cond = self._rollout(policy, b - a, generator)
+        if self.pool is not None:
+            x1, cond, r, valid = self.pool.sample(b - a, generator, self.condition)
+        else:
+            r, valid = self._score(x1, cond, step)
         if not a:
             return x1, cond, r, valid
         xa, ca, ra, va = self.anchor.sample(a, generator)  # a prompt's states are added for the whole batch below
