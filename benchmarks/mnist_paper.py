@@ -21,6 +21,10 @@ Runs (OUT/...; a run folder that already holds a finished run is reused, not tra
   frontier/beta-0.01-stage2        ... --base OUT/frontier/beta-0.02 --target-beta 0.02 --tau 12.5 --refresh-every 250:
                                    the 0.02 run tilted again, so q0 exp(r / 0.02) exp(r / 0.02) = q0 exp(r / 0.01)
   frontier/beta-0.005-anchor0.2    ... --target-beta 0.005 --tau 50 --refresh-every 250 --anchor-share 0.2
+  with --pool-variants (cpu setting), POOL_VARIANTS, each with --rollout-pool:
+  frontier/beta-0.01-anchor0.2-pool  ... --target-beta 0.01 --tau 12.5 (8 phases) --refresh-every 200 --steps 1600
+                                     --anchor-share 0.2 --rwr-samples 8192 --rollout-pool 3072
+  even/alpha-0.15-pool               ... --alpha 0.15 --steps 2000 --rollout-pool 800 (the default alpha, twice the steps)
 
 Scoring: every run and the base draw 2000 samples (`flowsteer sample`, Euler, seed 7) into OUT/samples/.  P(even),
 the class histogram and its entropy come from the independent judge classifier (`even-mnist-judge`: another
@@ -63,6 +67,15 @@ FRONTIER_VARIANTS = {  # name: (the run it starts from, None = the base; its opt
     "frontier/beta-0.01-stage2": ("frontier/beta-0.02", [*FRONTIER_STEP, "--target-beta", "0.02", "--tau", "12.5"]),
     "frontier/beta-0.005-anchor0.2": (None, [*FRONTIER_STEP, "--target-beta", "0.005", "--tau", "50",
                                              "--anchor-share", "0.2", "--rwr-samples", "16384"]),
+}
+
+# --pool-variants (cpu setting, session 6): --rollout-pool spends a step's rollouts once per refresh, so about
+# twice the steps fit the same time (benchmarks/bench_rollout_pool.py: ratio 0.51 at K = 100, P = 2048)
+POOL_VARIANTS = {
+    "frontier/beta-0.01-anchor0.2-pool": ["--reward", "even-mnist", "--method", "orw", "--target-beta", "0.01",
+                                          "--tau", "12.5", "--refresh-every", "200", "--steps", "1600",
+                                          "--anchor-share", "0.2", "--rwr-samples", "8192", "--rollout-pool", "3072"],
+    "even/alpha-0.15-pool": ["--reward", "even-mnist", "--alpha", "0.15", "--steps", "2000", "--rollout-pool", "800"],
 }
 
 SETTINGS = {
@@ -230,12 +243,16 @@ def main() -> None:
                          "so 0.2 lets the model go about twice as far as the default does")
     ap.add_argument("--workers", type=int, default=2, help="runs side by side, one torch thread each")
     ap.add_argument("--frontier-variants", action="store_true", help="also run FRONTIER_VARIANTS (about 35 min each)")
+    ap.add_argument("--pool-variants", action="store_true",
+                    help="also run POOL_VARIANTS (cpu setting; --rollout-pool, about 27 min each)")
     args = ap.parse_args()
     out, setting = Path(args.out).resolve(), SETTINGS[args.setting]
     tasks = set(args.tasks.split(","))
     if args.frontier_variants and (args.setting != "cpu" or "frontier" not in tasks):
         ap.error("--frontier-variants are cpu-setting runs that start from the frontier task's run: use them with "
                  "--setting cpu and the frontier task")
+    if args.pool_variants and args.setting != "cpu":
+        ap.error("--pool-variants are cpu-setting runs (batch 64): use them with --setting cpu")
     threads = 1 if args.workers > 1 else None
     scorer = Scorer(out, setting["sample_steps"], threads)
     summary_path = out / "summary.json"
@@ -287,6 +304,8 @@ def main() -> None:
             jobs[name] = options
             if start is not None:
                 starts[name] = start
+    if args.pool_variants:
+        jobs.update(POOL_VARIANTS)
     if "compress" in tasks:
         for a in ("0", default, "1"):
             jobs[f"compress/alpha-{a}"] = ["--reward", "jpeg-compressibility", "--alpha", a,
