@@ -70,7 +70,8 @@ FRONTIER_VARIANTS = {  # name: (the run it starts from, None = the base; its opt
 }
 
 # --pool-variants (cpu setting, session 6): --rollout-pool spends a step's rollouts once per refresh, so about
-# twice the steps fit the same time (benchmarks/bench_rollout_pool.py: ratio 0.51 at K = 100, P = 2048)
+# twice the steps fit the same time (benchmarks/bench_rollout_pool.py measured the ratio 0.51 at K = 100, P = 2048,
+# that is each sample seen about 3 times; these runs see theirs about 3.3 and 4 times)
 POOL_VARIANTS = {
     "frontier/beta-0.01-anchor0.2-pool": ["--reward", "even-mnist", "--method", "orw", "--target-beta", "0.01",
                                           "--tau", "12.5", "--refresh-every", "200", "--steps", "1600",

@@ -77,15 +77,30 @@ def test_last_refresh_follows_the_refresh_schedule():
     assert config(target_beta=0.5).last_refresh(95) == 30 and config().last_refresh(95) == 90
 
 
-def test_the_pool_generator_depends_on_the_seed_and_step_only():
-    """Not on how much of the run's stream was used: a resume (which restores the stream elsewhere) draws the
-    same pool; another step or another seed draws another."""
+def test_the_pool_generator_is_no_other_stream():
+    """Its stream depends on the run's seed and the step only (not on how much of the run's stream was used:
+    a resume restores that elsewhere), and is none of the streams a run or a process seeds with seed + k, for
+    any pool of the first 50 steps of seeds 0-3 (``seed + step`` would give seed 0's first pool seed 1's)."""
     g = torch.Generator().manual_seed(3)
     a = torch.randn(5, generator=pool_generator(g, 10))
     torch.randn(100, generator=g)
     assert torch.equal(torch.randn(5, generator=pool_generator(g, 10)), a)
-    assert not torch.equal(torch.randn(5, generator=pool_generator(g, 20)), a)
-    assert not torch.equal(torch.randn(5, generator=pool_generator(torch.Generator().manual_seed(4), 10)), a)
+    plain = {tuple(torch.randn(3, generator=torch.Generator().manual_seed(s)).tolist()) for s in range(200)}
+    pools = {tuple(torch.randn(3, generator=pool_generator(torch.Generator().manual_seed(seed), step)).tolist())
+             for seed in range(4) for step in range(50)}
+    assert len(pools) == 200 and not pools & plain
+
+
+def test_with_an_anchor_the_policy_part_comes_from_the_pool():
+    """--target-beta with --anchor-share 0.25 and a pool: the first B - a rows of a batch are pool samples of the
+    policy N(2, 1), the last a are the anchor's samples of q0 = N(0, 1)."""
+    cfg = config(target_beta=0.5, anchor_share=0.25, rwr_samples=20_000)
+    obj, g = objective(cfg), torch.Generator().manual_seed(1)
+    x, *_ = obj.next_batch(ConstantField(2.0), 0, g)
+    p = 4_000 - cfg.anchor_size
+    assert cfg.anchor_size == 1_000 and rows_in(x[:p], obj.pool.x) and rows_in(x[p:], obj.anchor.x)
+    assert float(x[:p].mean()) == pytest.approx(2.0, abs=5 / p ** 0.5)
+    assert float(x[p:].mean()) == pytest.approx(0.0, abs=5 / 1_000 ** 0.5)
 
 
 def test_what_the_pool_needs_is_checked():
@@ -98,10 +113,23 @@ def test_what_the_pool_needs_is_checked():
     assert any("--rollout-pool" in p for p in grpo), grpo
 
 
-def test_resume_between_two_refreshes_is_bitwise_exact(tmp_path_factory, tmp_path):
-    """Checkpoint at step 10 of a phase of 20 steps: the resumed run draws the phase's pool again from the saved
-    policy with the refresh's own generator, so the weights and the counts equal the whole run's (a pool drawn
-    from the run's generator, or counted twice, fails this)."""
+HALF_NAN = """import torch
+
+def reward(x):
+    return torch.where(x[:, 0] > 1.5, torch.full_like(x[:, 0], float("nan")), x[:, 0])
+"""
+
+
+@pytest.mark.parametrize("case,options,checkpoint", [
+    ("between-refreshes", ["--refresh-every", "20"], "checkpoint-10"),
+    ("after-the-last-refresh", ["--method", "orw", "--target-beta", "0.1", "--tau", "5", "--refresh-every", "10"],
+     "checkpoint-30"),  # N = 2 phases: refreshed at 0 and 10, then kept; the pool of step 10 serves to step 40
+    ("bad-rewards-skipped", ["--refresh-every", "20", "--on-bad-reward", "skip"], "checkpoint-10"),
+])
+def test_resume_draws_the_same_pool_and_counts_it_once(tmp_path_factory, tmp_path, case, options, checkpoint):
+    """The resumed run draws the pool of the last refresh again from the saved policy with that refresh's own
+    generator, so the weights and the counts (reward calls, model evaluations, skipped bad rewards) equal the
+    whole run's (a pool drawn from the run's generator, of another step, or counted twice fails this)."""
     from safetensors.torch import load_file
 
     from flowsteer import PretrainConfig, pretrain
@@ -109,17 +137,25 @@ def test_resume_between_two_refreshes_is_bitwise_exact(tmp_path_factory, tmp_pat
     base = tmp_path_factory.mktemp("pool") / "base"
     pretrain(PretrainConfig(data="8gaussians", train=TrainConfig(steps=100, batch_size=128, log_every=50)), base,
              progress="quiet")
-    cmd = [sys.executable, "-m", "flowsteer", "align", "--base", str(base), "--reward", "target:1,0",
-           "--refresh-every", "20", "--steps", "40", "--batch-size", "32", "--rollout-pool", "96",
-           "--checkpoint-every", "10", "--keep-last", "5", "--eval-every", "0", "--eval-samples", "16", "--quiet"]
+    reward = "target:1,0"
+    if case == "bad-rewards-skipped":
+        (tmp_path / "half_nan.py").write_text(HALF_NAN)
+        reward = f"python:{tmp_path / 'half_nan.py'}:reward"
+    cmd = [sys.executable, "-m", "flowsteer", "align", "--base", str(base), "--reward", reward, *options,
+           "--steps", "40", "--batch-size", "32", "--rollout-pool", "96", "--checkpoint-every", "10",
+           "--keep-last", "5", "--log-every", "10", "--eval-every", "0", "--eval-samples", "16", "--quiet"]
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
     proc = subprocess.run([*cmd, "--out", str(whole)], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     shutil.copytree(whole, resumed)
-    proc = subprocess.run([*cmd, "--out", str(resumed), "--resume", "checkpoint-10"], capture_output=True, text=True,
+    proc = subprocess.run([*cmd, "--out", str(resumed), "--resume", checkpoint], capture_output=True, text=True,
                           check=False)
     assert proc.returncode == 0, proc.stderr
     a, b = load_file(str(whole / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     fa, fb = (json.loads((d / "final_metrics.json").read_text()) for d in (whole, resumed))
     assert fa["reward_calls"] == fb["reward_calls"] == 2 * 96 and fa["model_evals"] == fb["model_evals"]
+    if case == "bad-rewards-skipped":
+        logged = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
+        skipped = sum(r.get("bad_rewards", 0) * 10 for r in logged if r.get("kind") == "train")  # means of 10 steps
+        assert fa["bad_rewards_skipped"] == fb["bad_rewards_skipped"] == round(skipped) > 0

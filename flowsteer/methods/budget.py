@@ -138,8 +138,9 @@ def run_title(config: Any) -> str:
                 f"noise={config.sde_noise:g}")
     if config.method == "nft":
         return f"nft nft_beta={config.nft_beta:g} G={config.group_size}"
+    pool = f" pool={config.rollout_pool}" if getattr(config, "rollout_pool", 0) else ""
     if getattr(config, "target_beta", None) is not None:
         anchor = f" anchor={config.anchor_share:g}" if getattr(config, "anchor_share", 0) else ""
         return (f"{config.method} target_beta={config.target_beta:g} tau={config.tau:g} ({config.target_refreshes} "
-                f"phases){anchor}")
-    return f"{config.method} alpha={config.effective_alpha:g} tau={config.tau:g}"
+                f"phases){anchor}{pool}")
+    return f"{config.method} alpha={config.effective_alpha:g} tau={config.tau:g}{pool}"

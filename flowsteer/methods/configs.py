@@ -108,7 +108,8 @@ class AlignConfig(FineTuneStart):
         help="orw-w2, orw, raft: at each refresh draw P samples from the sampling policy, and take every step's "
              "policy samples from them (with replacement) until the next refresh, as DDPO reuses a round of "
              "rollouts for several updates; the policy is frozen between refreshes, so each batch follows the same "
-             "law, at the cost of reuse; 0 rolls out afresh every step")
+             "law, though a phase's batches share at most P samples; each process draws its own P; 0 rolls out "
+             "afresh every step")
     rollout_solver: str = option("euler", choices=SOLVERS, on_resume="apply", help="solver of the rollouts")
     rollout_steps: int = option(10, ge=1, on_resume="apply", help="solver steps of each rollout")
     weights: str = option("mean", choices=("mean", "none"),

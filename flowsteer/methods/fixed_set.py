@@ -18,13 +18,15 @@ the saved policy, bitwise, and checkpoints do not hold it either.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
-__all__ = ["FixedSet", "pool_generator"]
+__all__ = ["FixedSet", "counted", "pool_generator"]
 
 
 @dataclass
@@ -62,6 +64,23 @@ class FixedSet:
 def pool_generator(run: torch.Generator, refresh_step: int) -> torch.Generator:
     """The generator of the rollout pool drawn at ``refresh_step``, on ``run``'s device: seeded from ``run``'s
     initial seed (the run's seed, or this process's) and the step alone, so that it does not depend on how much
-    of ``run``'s stream was used before (a resume draws the same pool again)."""
-    seed = (run.initial_seed() * 0x9E3779B97F4A7C15 + 2 * refresh_step + 1) % 2**63
-    return torch.Generator(device=run.device).manual_seed(seed)
+    of ``run``'s stream was used before (a resume draws the same pool again).  The seed is a tagged hash, so it
+    is no other run's, process's or step's seed (``seed + step`` would give seed 0's first pool the stream of a
+    ``--seed 1`` run, or of process 1)."""
+    digest = hashlib.blake2b(f"flowsteer rollout pool {run.initial_seed()} {refresh_step}".encode(), digest_size=8)
+    return torch.Generator(device=run.device).manual_seed(int.from_bytes(digest.digest(), "little") >> 1)
+
+
+@contextlib.contextmanager
+def counted(objective: Any, *, keep: bool):
+    """The block's reward calls, model evaluations and bad rewards stay in ``objective``'s counts (``budget``,
+    ``bad_total``) only if ``keep`` and the block finishes: a pool drawn again after a resume is the one an
+    uninterrupted run drew and counted once, and a draw cut short is drawn again whole (and counted then)."""
+    counts = (objective.budget.reward_calls, objective.budget.model_evals, objective.bad_total)
+    finished = False
+    try:
+        yield
+        finished = True
+    finally:
+        if not (keep and finished):
+            objective.budget.reward_calls, objective.budget.model_evals, objective.bad_total = counts

@@ -58,7 +58,7 @@ from .budget import align_final, run_title
 from .common import finish_run, fit, prepare_model, run_context, run_device, run_header, start_run_folder
 from .objective_base import AlignObjectiveBase
 from .configs import AlignConfig
-from .fixed_set import FixedSet, pool_generator
+from .fixed_set import FixedSet, counted, pool_generator
 from .policy import LaggedPolicy
 from .weighting import anchor_mixture_weights, reward_weights
 
@@ -119,7 +119,8 @@ class RewardWeightedObjective(AlignObjectiveBase):
         self.offline: FixedSet | None = self._fixed_set(generator) if config.method == "rwr" else None
         self.anchor: FixedSet | None = self._fixed_set(generator) if config.anchor_share > 0 else None
         self.anchor_ess: Tensor | None = None  # of the last batch's anchor part (see weights)
-        self.pool: FixedSet | None = None  # --rollout-pool's samples of the policy, drawn at its last refresh
+        self.pool: FixedSet | None = None  # --rollout-pool's samples of the policy, drawn at its refresh pool_at
+        self.pool_at, self.pool_left_out = None, 0  # (saved: a resume draws the pool again); bad rewards left out
 
     # -- sampling policy ------------------------------------------------------
 
@@ -149,18 +150,18 @@ class RewardWeightedObjective(AlignObjectiveBase):
     def _fixed_set(self, generator: torch.Generator, model: nn.Module | None = None, step: int = 0) -> FixedSet:
         """``rwr_samples`` of the reference (RWR's set, the anchor), or ``rollout_pool`` of ``model``."""
         n = self.cfg.rollout_pool if model is not None else self.cfg.rwr_samples
-        return FixedSet.draw(lambda b: self._rollout(model or self.reference, b, generator),
+        return FixedSet.draw(lambda b: self._rollout(self.reference if model is None else model, b, generator),
                              lambda x, cond: self._score(x, cond, step), n=n, batch=self.cfg.train.batch_size)
 
     def _draw_pool(self, policy: nn.Module, step: int, generator: torch.Generator) -> FixedSet:
-        """The pool of the policy refreshed at ``cfg.last_refresh(step)``, from that refresh's own generator.
-        Drawn again after a resume between two refreshes, it is the same pool, and its second draw is not
-        counted in the run's budget (an uninterrupted run drew it once)."""
-        at = self.cfg.last_refresh(step)
-        counts = (self.budget.reward_calls, self.budget.model_evals)
-        pool = self._fixed_set(pool_generator(generator, at), policy, at)
-        if at != step:
-            self.budget.reward_calls, self.budget.model_evals = counts
+        """The pool of the policy refreshed at ``pool_at`` (this step; after a resume, the saved refresh's step)
+        from that refresh's own generator; drawn again after a resume, it is the same pool, and not counted."""
+        again = not self.cfg.refreshes_at(step)
+        self.pool_at = (self.pool_at if self.pool_at is not None else self.cfg.last_refresh(step)) if again else step
+        bad = self.bad_total
+        with counted(self, keep=not again):
+            pool = self._fixed_set(pool_generator(generator, self.pool_at), policy, self.pool_at)
+        self.pool_left_out = self.bad_total - bad  # logged once, as the step's bad_rewards
         return pool
 
     def next_batch(self, model: nn.Module, step: int, generator: torch.Generator):
@@ -181,12 +182,9 @@ class RewardWeightedObjective(AlignObjectiveBase):
         with self.policy.network(model) as policy:
             if self.cfg.rollout_pool and self.pool is None:
                 self.pool = self._draw_pool(policy, step, generator)
-            if self.pool is None:
-                x1, cond = self._rollout(policy, b - a, generator)
-        if self.pool is not None:
-            x1, cond, r, valid = self.pool.sample(b - a, generator, self.condition)
-        else:
-            r, valid = self._score(x1, cond, step)
+            fresh = self._rollout(policy, b - a, generator) if self.pool is None else None
+        x1, cond, r, valid = self.pool.sample(b - a, generator, self.condition) if fresh is None else \
+            (*fresh, *self._score(*fresh, step))
         if not a:
             return x1, cond, r, valid
         xa, ca, ra, va = self.anchor.sample(a, generator)  # a prompt's states are added for the whole batch below
@@ -257,7 +255,8 @@ class RewardWeightedObjective(AlignObjectiveBase):
         if self.anchor is not None:
             metrics["anchor_ess"] = self.anchor_ess
         if self.cfg.on_bad_reward == "skip":
-            metrics["bad_rewards"] = float((~valid[:p]).sum())
+            metrics["bad_rewards"] = float((~valid[:p]).sum()) + self.pool_left_out
+            self.pool_left_out = 0
         # the divergence check watches the weighted CFM term, free of the weights' scale (raw ones move it)
         a = alpha_used if isinstance(alpha_used, float) else alpha_used.to(loss.dtype)
         monitor = (loss.detach() - a * w2_term.detach()) / w.mean()
@@ -272,7 +271,7 @@ class RewardWeightedObjective(AlignObjectiveBase):
         running = None if self.w2_running is None else float(self.w2_running)
         return {"alpha": float(self.alpha), "w2_running": running, "bad_total": self.bad_total,
                 "budget": self.budget.state_dict(),
-                "policy": self.policy.state_dict() if self.policy is not None else None}
+                "policy": self.policy.state_dict() if self.policy is not None else None, "pool_at": self.pool_at}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.bad_total = state["bad_total"]
@@ -283,6 +282,7 @@ class RewardWeightedObjective(AlignObjectiveBase):
             torch.tensor(state["w2_running"], dtype=self.stat_dtype, device=self.device)
         # an older checkpoint's "offline" set is the one __init__ has just drawn again: not loaded (with several
         # processes it held process 0's set only)
+        self.pool_at = state.get("pool_at")
         if state.get("policy") is not None:
             if self.policy is None:
                 self._pending_policy = state["policy"]  # loaded when the policy is made from the model

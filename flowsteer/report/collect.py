@@ -40,11 +40,12 @@ class ReportRun:
                 return str(s.get("method"))
             w2 = f", alpha={self.final.get('final_alpha', s.get('alpha')):g}" \
                 if knob in ("tau", "raft_fraction") and s.get("w2") else ""  # rwr/raft with the W2 term
+            pool = f", pool={s['rollout_pool']}" if isinstance(s.get("rollout_pool"), int) and s["rollout_pool"] else ""
             if isinstance(s.get("target_beta"), (int, float)):  # orw aimed at q0 exp(r / beta) (Theorem 2)
                 anchor = s.get("anchor_share")
                 return (f"{s.get('method', 'align')}, target_beta={s['target_beta']:g}, tau={s.get('tau', 0):g}"
-                        + (f", anchor={anchor:g}" if isinstance(anchor, (int, float)) and anchor > 0 else ""))
-            return f"{s.get('method', 'align')}, {knob}={value:g}{w2}"
+                        + (f", anchor={anchor:g}" if isinstance(anchor, (int, float)) and anchor > 0 else "") + pool)
+            return f"{s.get('method', 'align')}, {knob}={value:g}{w2}{pool}"
         if self.method == "adapt":
             return f"{s.get('method', 'adapt')} / {s.get('coupling', '?')}"
         return f"pretrain on {self.config.get('data', {}).get('spec', '?')}"
