@@ -7,6 +7,9 @@ Settings (every figure says which was used):
   cpu: the UNet with base channels 32, pretrained 2800 steps at batch 128 (it passes the base acceptance);
        align runs at batch 64 with 10 Euler rollout steps (one step about 1.3 s on one core, so 1000 steps
        fit the 30-minute limit per run), compressibility runs 500 steps; scoring samples with 20 Euler steps
+  cpu-pool: the cpu setting's base and runs, each align run with --rollout-pool 800 (at each refresh, every 50
+       steps, 800 rollouts that serve the next 50 batches of 64: each about 4 times), so a run takes about half
+       the time (benchmarks/bench_rollout_pool.py)
   gpu: the UNet (base channels 64) pretrained 20000 steps; align runs of 10000 steps at batch 256 (the
        paper's budget); scoring samples with 50 Euler steps
 
@@ -84,6 +87,11 @@ SETTINGS = {
             "align": ["--batch-size", "64", "--eval-every", "250", "--eval-samples", "128", "--eval-steps", "10",
                       "--eval-solver", "euler"],
             "even_steps": 1000, "compress_steps": 500, "sample_steps": 20},
+    # the cpu setting with --rollout-pool 800 (refreshed every 50 steps: each rollout serves about 4 batches)
+    "cpu-pool": {"pretrain": ["--model", "unet", "--width", "32", "--steps", "2800", "--batch-size", "128"],
+                 "align": ["--batch-size", "64", "--eval-every", "250", "--eval-samples", "128", "--eval-steps", "10",
+                           "--eval-solver", "euler", "--rollout-pool", "800"],
+                 "even_steps": 1000, "compress_steps": 500, "sample_steps": 20},
     "gpu": {"pretrain": ["--model", "unet", "--steps", "20000", "--batch-size", "128"],
             "align": ["--batch-size", "256"], "even_steps": 10000, "compress_steps": 10000, "sample_steps": 50},
 }
