@@ -24,6 +24,7 @@ Runs (OUT/...; a run folder that already holds a finished run is reused, not tra
   frontier/beta-0.01-stage2        ... --base OUT/frontier/beta-0.02 --target-beta 0.02 --tau 12.5 --refresh-every 250:
                                    the 0.02 run tilted again, so q0 exp(r / 0.02) exp(r / 0.02) = q0 exp(r / 0.01)
   frontier/beta-0.005-anchor0.2    ... --target-beta 0.005 --tau 50 --refresh-every 250 --anchor-share 0.2
+  frontier/beta-0.01-anchor0.2     ... --target-beta 0.01 --tau 12.5 --refresh-every 125 (8 phases) --anchor-share 0.2
   with --pool-variants (cpu setting), POOL_VARIANTS, each with --rollout-pool:
   frontier/beta-0.01-anchor0.2-pool  ... --target-beta 0.01 --tau 12.5 (8 phases) --refresh-every 200 --steps 1600
                                      --anchor-share 0.2 --rwr-samples 8192 --rollout-pool 3072
@@ -70,6 +71,10 @@ FRONTIER_VARIANTS = {  # name: (the run it starts from, None = the base; its opt
     "frontier/beta-0.01-stage2": ("frontier/beta-0.02", [*FRONTIER_STEP, "--target-beta", "0.02", "--tau", "12.5"]),
     "frontier/beta-0.005-anchor0.2": (None, [*FRONTIER_STEP, "--target-beta", "0.005", "--tau", "50",
                                              "--anchor-share", "0.2", "--rwr-samples", "16384"]),
+    # session 6: the digits frontier's plan (8 phases, anchor 0.2) at the beta the optimum allows both bars
+    "frontier/beta-0.01-anchor0.2": (None, ["--reward", "even-mnist", "--method", "orw", "--target-beta", "0.01",
+                                            "--tau", "12.5", "--refresh-every", "125", "--steps", "1000",
+                                            "--anchor-share", "0.2", "--rwr-samples", "16384"]),
 }
 
 # --pool-variants (cpu setting, session 6): --rollout-pool spends a step's rollouts once per refresh, so about
