@@ -1,7 +1,7 @@
 """ORW-CFM-W2's MNIST experiments (issue 15) through the CLI, and the frontier beyond the paper.
 
     flowsteer data mnist                                   # once
-    python benchmarks/mnist_paper.py [--out runs/mnist] [--setting cpu|gpu] [--workers 2]
+    python benchmarks/mnist_paper.py [--out runs/mnist] [--setting cpu|cpu-pool|gpu] [--workers 2]
 
 Settings (every figure says which was used):
   cpu: the UNet with base channels 32, pretrained 2800 steps at batch 128 (it passes the base acceptance);
@@ -9,7 +9,8 @@ Settings (every figure says which was used):
        fit the 30-minute limit per run), compressibility runs 500 steps; scoring samples with 20 Euler steps
   cpu-pool: the cpu setting's base and runs, each align run with --rollout-pool 800 (at each refresh, every 50
        steps, 800 rollouts that serve the next 50 batches of 64: each about 4 times), so a run takes about half
-       the time (benchmarks/bench_rollout_pool.py)
+       the time (benchmarks/bench_rollout_pool.py); its frontier task refreshes every 250 steps, so there each
+       sample is used about 20 times
   gpu: the UNet (base channels 64) pretrained 20000 steps; align runs of 10000 steps at batch 256 (the
        paper's budget); scoring samples with 50 Euler steps
 
@@ -258,7 +259,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="runs side by side, one torch thread each")
     ap.add_argument("--frontier-variants", action="store_true", help="also run FRONTIER_VARIANTS (about 35 min each)")
     ap.add_argument("--pool-variants", action="store_true",
-                    help="also run POOL_VARIANTS (cpu setting; --rollout-pool, about 27 min each)")
+                    help="also run POOL_VARIANTS (cpu setting; --rollout-pool, about 31 min each)")
     args = ap.parse_args()
     out, setting = Path(args.out).resolve(), SETTINGS[args.setting]
     tasks = set(args.tasks.split(","))
