@@ -74,18 +74,29 @@ class BareAlign:
 
 
 class FlowsteerAlign:
+    """flowsteer's Trainer on ``cfg`` (its reward, from ``base``'s weights); ``run(n)`` trains n more steps."""
+
     def __init__(self, base, cfg: AlignConfig) -> None:
         torch.manual_seed(0)
         model = build_model(base.config["model"])
         model.load_state_dict(base.model.state_dict())
         g = torch.Generator().manual_seed(0)
-        obj = RewardWeightedObjective(reference=base.model, reward=build_reward("even-digits"), config=cfg,
-                                      decode=base.normalizer.decode, shape=base.shape, sigma=0.0, generator=g)
+        obj = RewardWeightedObjective(reference=base.model, reward=build_reward(cfg.reward), config=cfg,
+                                      decode=base.decode, shape=base.shape, sigma=base.sigma, generator=g)
         self.trainer = Trainer(model, obj, TrainConfig(**{**cfg.train.__dict__, "steps": 1}), generator=g)
 
     def run(self, steps: int) -> None:
         self.trainer.config.steps = self.trainer.step + steps
         self.trainer.fit()
+
+
+def digits_base(path: str) -> Path:
+    """``path`` if it holds a run, else a digits base pretrained here (300 steps) in a temporary folder."""
+    base_dir = Path(path)
+    if not (base_dir / "model.safetensors").exists():
+        base_dir = Path(tempfile.mkdtemp()) / "digits"
+        pretrain(PretrainConfig(data="digits", train=TrainConfig(steps=300)), base_dir, progress="quiet")
+    return base_dir
 
 
 def main() -> None:
@@ -95,10 +106,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--chunk", type=int, default=10)
     args = ap.parse_args()
-    base_dir = Path(args.base)
-    if not (base_dir / "model.safetensors").exists():
-        base_dir = Path(tempfile.mkdtemp()) / "digits"
-        pretrain(PretrainConfig(data="digits", train=TrainConfig(steps=300)), base_dir, progress="quiet")
+    base_dir = digits_base(args.base)
     base = load_run(base_dir)
     cfg = AlignConfig(base=str(base_dir), reward="even-digits", train=align_train_defaults())
     ratios = []

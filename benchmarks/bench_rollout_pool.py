@@ -17,32 +17,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from flowsteer import PretrainConfig, TrainConfig, load_run, pretrain
-from flowsteer.methods.orw import AlignConfig, RewardWeightedObjective
-from flowsteer.models import build_model
-from flowsteer.rewards import build_reward
-from flowsteer.training import Trainer
+from flowsteer import TrainConfig, load_run
+from flowsteer.methods.orw import AlignConfig
 
-
-class Loop:
-    def __init__(self, base, cfg: AlignConfig) -> None:
-        torch.manual_seed(0)
-        model = build_model(base.config["model"])
-        model.load_state_dict(base.model.state_dict())
-        g = torch.Generator().manual_seed(0)
-        obj = RewardWeightedObjective(reference=base.model, reward=build_reward(cfg.reward), config=cfg,
-                                      decode=base.decode, shape=base.shape, sigma=base.sigma, generator=g)
-        self.trainer = Trainer(model, obj, TrainConfig(**{**cfg.train.__dict__, "steps": 1}), generator=g)
-
-    def run(self, steps: int) -> None:
-        self.trainer.config.steps = self.trainer.step + steps
-        self.trainer.fit()
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_align_step import FlowsteerAlign, digits_base  # noqa: E402
 
 
 def main() -> None:
@@ -54,13 +39,10 @@ def main() -> None:
     ap.add_argument("--pool", type=int, default=1024, help="P of the pooled loop")
     ap.add_argument("--phases", type=int, default=2, help="timed phases of each loop")
     args = ap.parse_args()
-    base_dir = Path(args.base)
-    if not (base_dir / "model.safetensors").exists():
-        base_dir = Path(tempfile.mkdtemp()) / "digits"
-        pretrain(PretrainConfig(data="digits", train=TrainConfig(steps=300)), base_dir, progress="quiet")
+    base_dir = digits_base(args.base)
     base = load_run(base_dir)
     train = TrainConfig(batch_size=args.batch, steps=1, lr=1e-3, warmup_steps=50, ema_decay=0.0, log_every=10**9)
-    loops = {name: Loop(base, AlignConfig(base=str(base_dir), reward=args.reward, refresh_every=args.phase,
+    loops = {name: FlowsteerAlign(base, AlignConfig(base=str(base_dir), reward=args.reward, refresh_every=args.phase,
                                           rollout_pool=pool, train=train))
              for name, pool in (("fresh", 0), ("pool", args.pool))}
     for loop in loops.values():  # the first phase (warm-up of both) is not timed
