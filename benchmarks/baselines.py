@@ -203,6 +203,8 @@ def run_method(task: Task, name: str, budget: dict, out: Path) -> list[dict]:
     extra = {**task.extra, "eval_every": 0, "eval_samples": n_eval, "eval_steps": eval_steps, "group_size": min(8, b)}
     if fields["method"] not in ("flow-grpo", "nft"):
         extra.pop("group_size")
+    if fields["method"] != "flow-grpo":  # the rollout default when the documented figures were measured
+        extra["rollout_solver"] = "euler"
     if fields["method"] == "rwr":
         extra["rwr_samples"] = max(b, min(4096, budget["calls"]))
     rows, folders = [], []
@@ -332,6 +334,8 @@ def cost_table(args: argparse.Namespace) -> None:
                 opts.append(f"--group-size={min(8, b)}")
             if fields["method"] == "rwr":
                 opts.append(f"--rwr-samples={4 * b}")
+            if fields["method"] != "flow-grpo":
+                opts.append("--rollout-solver=euler")  # the rollout default when its figures were measured
             n = steps_for(fields, steps * b, b)
             where = out / scale.split()[0] / name
             cmd = [sys.executable, "-m", "flowsteer", "align", "--base", base, "--reward", reward, *opts, *extra,

@@ -164,7 +164,8 @@ def main() -> None:
     times = {}
     if not (base / "model.safetensors").exists():
         times["pretrain"] = cli("pretrain", "--data", "digits", "--out", str(base))
-    align = ["align", "--base", str(base), "--reward", "even-digits"]
+    # --rollout-solver euler: the rollout default when these figures were measured (sessions 1-6; Heun since)
+    align = ["align", "--base", str(base), "--reward", "even-digits", "--rollout-solver", "euler"]
     jobs = {"default": (out / "default", []), "budget": (out / "budget", ["--w2-budget", str(args.budget)])}
     for a in ALPHAS:
         jobs[f"alpha={a}"] = (sweep_run_dir(out / "sweep", float(a)), ["--alpha", a])

@@ -38,7 +38,8 @@ def main() -> None:
     procs = {}
     for name, extra in runs.items():
         procs[name] = subprocess.Popen([sys.executable, "-m", "flowsteer", "align", "--base", str(base), "--reward",
-                                        "even-digits", "--coupling", "ot", "--out", str(out / name), "--quiet", *extra],
+                                        "even-digits", "--coupling", "ot", "--rollout-solver", "euler",  # the default when measured
+                                        "--out", str(out / name), "--quiet", *extra],
                                        cwd=ROOT, env=env)
     for name, p in procs.items():
         if p.wait() != 0:

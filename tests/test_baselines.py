@@ -402,7 +402,7 @@ def test_each_new_option_is_refused_by_the_methods_that_do_not_read_it():
              "rollout_updates": 3, "nft_beta": 0.5, "alpha": 0.3, "tau": 2.0, "weights": "none",
              "standardize_reward": True, "coupling": "ot", "raft_fraction": 0.5, "rwr_samples": 8192, "w2": True,
              "w2_budget": 0.1, "dual_lr": 0.1, "misaligned_weights": True, "refresh_every": 7,
-             "rollout_solver": "heun", "nft_old_decay": 0.5, "nft_adaptive_weight": True}
+             "rollout_solver": "midpoint", "nft_old_decay": 0.5, "nft_adaptive_weight": True}
     for method in ALIGN_METHODS:
         for name, value in given.items():
             problems = AlignConfig(base="b", reward="r", method=method, **{name: value}).validate()

@@ -4,6 +4,7 @@ reported; the counts reach metrics.jsonl's evaluation records and `final`."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -16,6 +17,7 @@ from flowsteer.methods.configs import AlignConfig
 from flowsteer.methods.orw import align
 
 B, K, S, N_RWR = 16, 3, 5, 48  # batch, rollout steps, optimiser steps, RWR's fixed set
+DEFAULT_ROLLOUT_SOLVER = next(f.default for f in dataclasses.fields(AlignConfig) if f.name == "rollout_solver")
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +36,7 @@ def closed_form(method: str, **o) -> tuple[int, int]:
     of B SDE rollouts (K steps) every U updates, scored once; each update recomputes the policy's velocity on
     the W trained steps of the window (W = K without one), and the reference's on them when kl_beta > 0.
     """
-    nfe = K * (2 if o.get("rollout_solver") == "heun" else 1)
+    nfe = K * (2 if o.get("rollout_solver", DEFAULT_ROLLOUT_SOLVER) == "heun" else 1)
     if method == "rwr":
         return N_RWR, N_RWR * nfe + S * B * 2
     if method == "flow-grpo":
@@ -45,7 +47,7 @@ def closed_form(method: str, **o) -> tuple[int, int]:
 
 
 CASES = [
-    ("orw-w2", {}), ("orw-w2", {"rollout_solver": "heun"}), ("orw", {}), ("raft", {}), ("rwr", {"rwr_samples": N_RWR}),
+    ("orw-w2", {}), ("orw-w2", {"rollout_solver": "euler"}), ("orw", {}), ("raft", {}), ("rwr", {"rwr_samples": N_RWR}),
     ("nft", {"group_size": 4, "refresh_every": 2}),
     ("flow-grpo", {"group_size": 4}),
     ("flow-grpo", {"group_size": 8, "sde_window": 2, "kl_beta": 0.1, "rollout_updates": 3}),

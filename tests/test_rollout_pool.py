@@ -30,7 +30,7 @@ class ConstantField(nn.Module):
 
 
 def config(**kw) -> AlignConfig:
-    settings = {"method": "orw", "tau": 0.5, "refresh_every": 10, "rollout_pool": 20_000,
+    settings = {"method": "orw", "tau": 0.5, "refresh_every": 10, "rollout_pool": 20_000, "rollout_solver": "euler",
                 "train": TrainConfig(steps=100, batch_size=4_000), **kw}
     return AlignConfig(base="unused", reward="target:1,0", **settings)
 

@@ -110,7 +110,10 @@ class AlignConfig(FineTuneStart):
              "rollouts for several updates; the policy is frozen between refreshes, so each batch follows the same "
              "law, though a phase's batches share at most P samples; each process draws its own P; 0 rolls out "
              "afresh every step")
-    rollout_solver: str = option("euler", choices=SOLVERS, on_resume="apply", help="solver of the rollouts")
+    rollout_solver: str = option(
+        "heun", choices=SOLVERS, on_resume="apply",
+        help="solver of the rollouts: each phase fits the rollouts' law, so a sampler's error compounds once per "
+             "refresh (10 Euler steps shrink a Gaussian's variance 23 %% per refresh, 10 Heun steps 0.13 %%)")
     rollout_steps: int = option(10, ge=1, on_resume="apply", help="solver steps of each rollout")
     weights: str = option("mean", choices=("mean", "none"),
                           help="mean: w/mean(w), so alpha means the same for any reward scale; none: raw exp(tau*r)")
