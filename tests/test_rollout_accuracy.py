@@ -17,7 +17,7 @@ so a fixed-step solver maps ``x_0 ~ N(0, 1)`` to ``g x_0`` with a product ``g`` 
 and its samples have variance ``g^2`` instead of ``v``.  A phase that fits its samples exactly learns
 ``u_{g^2}``: the loop is the map ``v -> g(v)^2``.  From ``v = 1``, ten Euler steps lose 23 % of the variance per
 phase (``0.102`` after 8 phases), ten Heun steps 0.13 % (``0.990``).  On MNIST the same loop, with no reward
-(``--tau 1e-6``, 8 phases), took the judge's P(even) from 0.478 to 0.159 with ten Euler steps (58 % of the samples
+(``--tau 1e-6``, 8 phases), took the judge's P(even) from 0.478 to 0.158 with ten Euler steps (58 % of the samples
 became "3"s) and to 0.401 with ten Heun steps (docs/results.md, session 7).
 """
 
