@@ -1,7 +1,7 @@
 """ORW-CFM-W2's MNIST experiments (issue 15) through the CLI, and the frontier beyond the paper.
 
     flowsteer data mnist                                   # once
-    python benchmarks/mnist_paper.py [--out runs/mnist] [--setting cpu|cpu-pool|gpu] [--workers 2]
+    python benchmarks/mnist_paper.py [--out runs/mnist] [--setting cpu|cpu-pool|cpu-heun|gpu] [--workers 2]
 
 Settings (every figure says which was used):
   cpu: the UNet with base channels 32, pretrained 2800 steps at batch 128 (it passes the base acceptance);
@@ -11,6 +11,9 @@ Settings (every figure says which was used):
        steps, 800 rollouts that serve the next 50 batches of 64: each about 4 times), so a run takes about half
        the time (benchmarks/bench_rollout_pool.py); its frontier task refreshes every 250 steps, so there each
        sample is used about 20 times
+  cpu-heun (session 7): cpu-pool with the rollout default of now, 10 Heun steps (cpu and cpu-pool pin the 10
+       Euler steps their figures were measured with); its frontier task is HEUN_FRONTIER, the anchored 8-phase
+       plan at beta 0.01 with 5 Heun steps
   gpu: the UNet (base channels 64) pretrained 20000 steps; align runs of 10000 steps at batch 256 (the
        paper's budget); scoring samples with 50 Euler steps
 

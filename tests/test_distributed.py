@@ -82,7 +82,7 @@ def test_two_processes_sync_and_match_a_single_process_run(base, tmp_path):
     # the budget is the global one: each rank counts its share of the batch and `final` sums them (issue 20)
     one_final = json.loads((tmp_path / "one0" / "config.json").read_text())["final"]
     assert cfg["final"]["reward_calls"] == one_final["reward_calls"] == 40 * 64
-    assert cfg["final"]["model_evals"] == one_final["model_evals"] == 40 * 64 * (2 + 2)
+    assert cfg["final"]["model_evals"] == one_final["model_evals"] == 40 * 64 * (2 * 2 + 2)  # 2 Heun steps: 4 NFE
     two, one0, one1, start = flat(tmp_path / "two"), flat(tmp_path / "one0"), flat(tmp_path / "one1"), flat(base)
     moved = (one0 - start).norm()
     seed_gap = (one0 - one1).norm()
