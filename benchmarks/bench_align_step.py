@@ -108,7 +108,8 @@ def main() -> None:
     args = ap.parse_args()
     base_dir = digits_base(args.base)
     base = load_run(base_dir)
-    cfg = AlignConfig(base=str(base_dir), reward="even-digits", train=align_train_defaults())
+    # Euler rollouts: the hand-written loop's (and the default when its ratio was measured; Heun since session 7)
+    cfg = AlignConfig(base=str(base_dir), reward="even-digits", rollout_solver="euler", train=align_train_defaults())
     ratios = []
     for r in range(args.rounds):
         bare, ours = BareAlign(base, cfg), FlowsteerAlign(base, cfg)

@@ -43,7 +43,8 @@ def main() -> None:
     base = load_run(base_dir)
     train = TrainConfig(batch_size=args.batch, steps=1, lr=1e-3, warmup_steps=50, ema_decay=0.0, log_every=10**9)
     loops = {name: FlowsteerAlign(base, AlignConfig(base=str(base_dir), reward=args.reward, refresh_every=args.phase,
-                                          rollout_pool=pool, train=train))
+                                          rollout_pool=pool, rollout_solver="euler",  # as when measured
+                                          train=train))
              for name, pool in (("fresh", 0), ("pool", args.pool))}
     for loop in loops.values():  # the first phase (warm-up of both) is not timed
         loop.run(args.phase)

@@ -114,7 +114,7 @@ SETTINGS = {
     # session 7: cpu-pool with the rollout default of now, 10 Heun steps (20 NFE), whose error does not compound
     # over the refreshes as 10 Euler steps' does (tests/test_rollout_accuracy.py)
     "cpu-heun": {"pretrain": ["--model", "unet", "--width", "32", "--steps", "2800", "--batch-size", "128"],
-                 "align": [*CPU_ALIGN, "--rollout-pool", "800"],
+                 "align": [*CPU_ALIGN, "--rollout-solver", "heun", "--rollout-pool", "800"],
                  "even_steps": 1000, "compress_steps": 500, "sample_steps": 20},
     "gpu": {"pretrain": ["--model", "unet", "--steps", "20000", "--batch-size", "128"],
             "align": ["--batch-size", "256"], "even_steps": 10000, "compress_steps": 10000, "sample_steps": 50},

@@ -113,7 +113,7 @@ class AlignConfig(FineTuneStart):
     rollout_solver: str = option(
         "heun", choices=SOLVERS, on_resume="apply",
         help="solver of the rollouts: each phase fits the rollouts' law, so a sampler's error compounds once per "
-             "refresh (10 Euler steps shrink a Gaussian's variance 23 %% per refresh, 10 Heun steps 0.13 %%)")
+             "refresh (10 Euler steps shrink a Gaussian's variance 23 %% in the first refresh, 10 Heun steps 0.13 %%)")
     rollout_steps: int = option(10, ge=1, on_resume="apply", help="solver steps of each rollout")
     weights: str = option("mean", choices=("mean", "none"),
                           help="mean: w/mean(w), so alpha means the same for any reward scale; none: raw exp(tau*r)")
