@@ -10,12 +10,14 @@ reward than in the base's samples: the MNIST frontier runs keep 2-7.5 % 4s where
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-EVEN = [0, 2, 4, 6, 8]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from frontier_plot import EVEN  # noqa: E402
 
 
 def main() -> None:
@@ -31,7 +33,7 @@ def main() -> None:
     print("|---" * 12 + "|")
     for name in names:
         x = torch.from_numpy(np.clip(np.load(folder / f"{name}.npy").reshape(-1, 1, 28, 28), -1, 1).astype(np.float32))
-        r = mnist_probabilities(x, "reward")[:, EVEN].sum(1)
+        r = mnist_probabilities(x, "reward")[:, list(EVEN)].sum(1)
         judged = mnist_probabilities(x, "judge").argmax(1)
         cells = []
         for c in range(10):

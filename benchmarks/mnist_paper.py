@@ -91,6 +91,7 @@ POOL_VARIANTS = {
     "even/alpha-0.15-pool": ["--reward", "even-mnist", "--alpha", "0.15", "--steps", "2000", "--rollout-pool", "800"],
 }
 
+CPU_PRETRAIN = ["--model", "unet", "--width", "32", "--steps", "2800", "--batch-size", "128"]
 CPU_ALIGN = ["--batch-size", "64", "--eval-every", "250", "--eval-samples", "128", "--eval-steps", "10",
              "--eval-solver", "euler"]
 # --setting cpu-heun's frontier run (session 7), fixed before it ran: the digits' plan of session 5 (8 anchored
@@ -104,18 +105,18 @@ HEUN_FRONTIER = {"frontier/beta-0.01-anchor0.2-heun5": [
 SETTINGS = {
     # sessions 4-6 rolled out with 10 Euler steps, the default then (Heun since session 7): pinned, so that these
     # settings reproduce their documented figures
-    "cpu": {"pretrain": ["--model", "unet", "--width", "32", "--steps", "2800", "--batch-size", "128"],
+    "cpu": {"pretrain": CPU_PRETRAIN,
             "align": [*CPU_ALIGN, "--rollout-solver", "euler"],
             "even_steps": 1000, "compress_steps": 500, "sample_steps": 20},
     # the cpu setting with --rollout-pool 800 (refreshed every 50 steps: each rollout serves about 4 batches)
-    "cpu-pool": {"pretrain": ["--model", "unet", "--width", "32", "--steps", "2800", "--batch-size", "128"],
+    "cpu-pool": {"pretrain": CPU_PRETRAIN,
                  "align": [*CPU_ALIGN, "--rollout-solver", "euler", "--rollout-pool", "800"],
                  "even_steps": 1000, "compress_steps": 500, "sample_steps": 20},
     # session 7: cpu-pool with the rollout default of now, 10 Heun steps (20 NFE), whose error does not compound
     # over the refreshes as 10 Euler steps' does (tests/test_rollout_accuracy.py)
-    "cpu-heun": {"pretrain": ["--model", "unet", "--width", "32", "--steps", "2800", "--batch-size", "128"],
+    "cpu-heun": {"pretrain": CPU_PRETRAIN,
                  "align": [*CPU_ALIGN, "--rollout-solver", "heun", "--rollout-pool", "800"],
-                 "even_steps": 1000, "compress_steps": 500, "sample_steps": 20},
+                 "even_steps": 1000, "compress_steps": 500, "sample_steps": 20, "frontier_jobs": HEUN_FRONTIER},
     "gpu": {"pretrain": ["--model", "unet", "--steps", "20000", "--batch-size", "128"],
             "align": ["--batch-size", "256"], "even_steps": 10000, "compress_steps": 10000, "sample_steps": 50},
 }
@@ -310,8 +311,8 @@ def main() -> None:
             jobs[f"even/alpha-{a}"] = ["--reward", "even-mnist", "--alpha", a, "--steps", str(setting["even_steps"])]
         jobs["even/budget"] = ["--reward", "even-mnist", "--w2-budget", args.budget,
                                "--steps", str(setting["even_steps"])]
-    if "frontier" in tasks and args.setting == "cpu-heun":
-        jobs.update(HEUN_FRONTIER)
+    if "frontier" in tasks and "frontier_jobs" in setting:  # a setting with its own frontier runs
+        jobs.update(setting["frontier_jobs"])
     elif "frontier" in tasks:
         import torch
 

@@ -4,7 +4,6 @@ reported; the counts reach metrics.jsonl's evaluation records and `final`."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 
@@ -17,7 +16,7 @@ from flowsteer.methods.configs import AlignConfig
 from flowsteer.methods.orw import align
 
 B, K, S, N_RWR = 16, 3, 5, 48  # batch, rollout steps, optimiser steps, RWR's fixed set
-DEFAULT_ROLLOUT_SOLVER = next(f.default for f in dataclasses.fields(AlignConfig) if f.name == "rollout_solver")
+DEFAULT_ROLLOUT_SOLVER = AlignConfig.rollout_solver  # the field's default
 
 
 @pytest.fixture(scope="module")
