@@ -31,6 +31,7 @@ ADAPT_METHODS = ("gft", "sft")
 SCHEDULES = ("geometric", "linear", "cosine")
 LOGGERS = ("jsonl", "tensorboard")
 PRECISIONS = ("fp32", "bf16", "fp16", "fp32-strict")
+LR_SCHEDULES = ("constant", "cosine", "linear")
 EXPORT_FORMATS = ("diffusers", "peft")
 # The documented default alpha: on the even-digits task it keeps P(even) >= 0.95 with class entropy
 # >= 1.45 nats (docs/results.md); alpha = 0 collapses, alpha = 1 barely moves the reward.
@@ -164,6 +165,9 @@ class TrainConfig:
     batch_size: int = option(256, ge=1, on_resume="apply", help="samples per step (across all processes)")
     lr: float = option(1e-3, gt=0, on_resume="apply", help="Adam learning rate after warm-up")
     warmup_steps: int = option(200, ge=0, on_resume="apply", help="linear learning-rate warm-up steps")
+    lr_schedule: str = option("constant", choices=LR_SCHEDULES, on_resume="apply",
+                              help="learning rate after warm-up: constant, or decayed to 0 at --steps along a half "
+                                   "cosine or a line (as diffusers' --lr_scheduler cosine / linear)")
     grad_clip: float = option(1.0, ge=0, on_resume="apply", help="max global gradient norm, 0 = off")
     ema_decay: float = option(0.999, ge=0, lt=1, help="EMA decay of the saved sampling weights, 0 = off")
     weight_decay: float = option(0.0, ge=0, help="AdamW weight decay")
@@ -190,6 +194,7 @@ class TrainConfig:
     def validate(self) -> list[str]:
         p = field_problems(self)
         check_choice(p, "log", self.log, LOGGERS)
+        check_choice(p, "lr-schedule", self.lr_schedule, LR_SCHEDULES)
         check_choice(p, "precision", self.precision, PRECISIONS)
         return p
 

@@ -7,6 +7,7 @@ device), torch's CPU and CUDA generators, numpy's and python's are all saved and
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 from typing import Any
 
@@ -89,6 +90,25 @@ def weights_digest(model: nn.Module) -> str:
         h.update(key.encode())
         h.update(value.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
+
+
+def lr_factor(step: int, *, warmup: int, steps: int, schedule: str = "constant") -> float:
+    """The learning rate of optimiser step ``step`` (0-based) as a fraction of the base rate.
+
+    Warm-up: ``(step + 1) / warmup`` for ``step < warmup``.  After it, with ``p = (step - warmup) / (steps - warmup)``
+    the decayed fraction of the run: ``1`` (constant), ``(1 + cos(pi p)) / 2`` (cosine) or ``1 - p`` (linear), so
+    the rate falls to 0 at ``steps``, as in ``transformers.get_cosine_schedule_with_warmup`` and its linear twin.
+    """
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    p = min(1.0, (step - warmup) / max(1, steps - warmup))
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * p))
+    if schedule == "linear":
+        return 1.0 - p
+    raise ValueError(f"unknown learning-rate schedule {schedule!r}")
 
 
 def set_base_lr(optimizer: torch.optim.Optimizer, scheduler: Any, lr: float) -> None:

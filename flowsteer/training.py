@@ -1,7 +1,7 @@
 """The one training loop every method shares.
 
 A method supplies an :class:`Objective` (its loss and sampling policy); the
-:class:`Trainer` owns everything else: Adam, linear warm-up, gradient-norm
+:class:`Trainer` owns everything else: Adam, linear warm-up (then ``--lr-schedule``), gradient-norm
 clipping, an exponential moving average (EMA) of the weights, the seeded RNG,
 logging to ``metrics.jsonl``, progress, and atomic checkpoints that resume
 exactly (weights, EMA, optimiser, scheduler, RNG and the objective's state).
@@ -43,7 +43,7 @@ from .models import enable_gradient_checkpointing
 from .models.weights import load_trainable_state_dict, trainable_state_dict
 from .progress import Progress
 from .step_checks import StepChecks
-from .train_state import EMA, rng_state, seed_everything, set_base_lr, set_rng_state, weights_digest
+from .train_state import EMA, lr_factor, rng_state, seed_everything, set_base_lr, set_rng_state, weights_digest
 
 __all__ = ["EMA", "Objective", "StepOutput", "TrainResult", "Trainer", "seed_everything"]
 
@@ -144,9 +144,9 @@ class Trainer:
         self.optimizer = cls(params, lr=config.lr, fused=fused or None, **kwargs)
         self._fused = fused
         self.scaler = torch.amp.GradScaler(self.device.type) if config.precision == "fp16" else None
-        warm = config.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda k: min(1.0, (k + 1) / warm) if warm > 0 else 1.0
+            self.optimizer, lambda k: lr_factor(k, warmup=config.warmup_steps, steps=config.steps,
+                                                schedule=config.lr_schedule)
         )
         self.ema = EMA(model, config.ema_decay) if config.ema_decay > 0 else None
         self.step = 0
