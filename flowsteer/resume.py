@@ -7,7 +7,7 @@ default (:func:`flowsteer.cli.parse_args`).  An option given with another value 
 * applied from the checkpoint on and recorded (``config.json``'s ``settings``, a ``kind: resume`` record in
   ``metrics.jsonl`` and a one-line notice) when its field says ``on_resume="apply"``
   (:func:`flowsteer.config.option`): the optimisation (``--steps``, ``--batch-size``, ``--lr``,
-  ``--warmup-steps``, ``--grad-clip``, ``--max-bad-steps``), logging and checkpoints, precision and
+  ``--warmup-steps``, ``--lr-schedule``, ``--grad-clip``, ``--max-bad-steps``), logging and checkpoints, precision and
   compilation, evaluation, and align's ``--tau``, ``--dual-lr``, ``--refresh-every``, rollout and reward
   timeout/bad-reward settings;
 * refused in one line otherwise: everything that fixes the network, the data or the state the checkpoint

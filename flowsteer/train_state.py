@@ -103,7 +103,7 @@ def lr_factor(step: int, *, warmup: int, steps: int, schedule: str = "constant")
         return (step + 1) / warmup
     if schedule == "constant":
         return 1.0
-    p = min(1.0, (step - warmup) / max(1, steps - warmup))
+    p = 1.0 if step >= steps else (step - warmup) / max(1, steps - warmup)
     if schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * p))
     if schedule == "linear":

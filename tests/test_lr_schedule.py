@@ -1,10 +1,11 @@
 """``--lr-schedule``: the learning rate after warm-up, constant or decayed to 0 at ``--steps``.
 
-The factor is checked against its closed form (and ``transformers``' schedules' definition), the Trainer's
-optimiser is checked to use it step by step, and a resumed run keeps the schedule where it was
-(``tests/test_resume_settings.py`` resumes a cosine pretrain run bitwise).
+The factor is checked against its closed forms (those of ``transformers.get_cosine_schedule_with_warmup`` and its
+linear twin after warm-up), the Trainer's optimiser is checked to use it step by step, a cosine run resumed
+mid-decay is bitwise the uninterrupted one, and a resume may change the schedule (applied and recorded).
 """
 
+import json
 import math
 
 import pytest
@@ -55,6 +56,13 @@ def test_decays_follow_their_closed_forms(warm, steps):
     for schedule in ("cosine", "linear"):
         assert lr_factor(steps, warmup=warm, steps=steps, schedule=schedule) == pytest.approx(0.0, abs=1e-15)
         assert lr_factor(steps + 5, warmup=warm, steps=steps, schedule=schedule) == pytest.approx(0.0, abs=1e-15)
+
+
+def test_the_rate_is_0_at_steps_even_when_warm_up_fills_the_run():
+    for schedule in ("cosine", "linear"):
+        assert lr_factor(9, warmup=10, steps=10, schedule=schedule) == 1.0  # the last warm-up step
+        assert lr_factor(10, warmup=10, steps=10, schedule=schedule) == 0.0
+    assert lr_factor(10, warmup=10, steps=10) == 1.0  # constant stays constant
 
 
 def test_an_unknown_schedule_is_a_config_problem():
@@ -109,8 +117,20 @@ def test_a_resumed_cosine_run_is_bitwise_the_uninterrupted_one(tmp_path, monkeyp
     proc = cli("pretrain", "--out", str(out), "--resume")
     assert proc.returncode == 0, proc.stderr
     same_weights(whole, out)
-    import json
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     lrs = {r["step"]: r["lr"] for r in records if r["kind"] == "train"}
     for step in (30, 45, 60):  # logged once the schedule has moved past the step: the next step's rate
         assert lrs[step] == pytest.approx(5e-3 * lr_factor(step, warmup=5, steps=60, schedule="cosine"), rel=1e-9)
+
+    # a resume may change the schedule (and --steps): applied from the checkpoint on, recorded, and the rate
+    # is the new schedule's over the new length
+    proc = cli("pretrain", "--out", str(out), "--resume", "--steps", "80", "--lr-schedule", "linear",
+               "--progress", "log")
+    assert proc.returncode == 0, proc.stderr
+    assert "--resume: --lr-schedule cosine -> linear (applied from step 60 on and recorded in config.json)" \
+        in proc.stderr.splitlines(), proc.stderr
+    saved = json.loads((out / "config.json").read_text())["settings"]["train"]
+    assert saved["lr_schedule"] == "linear" and saved["steps"] == 80
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    lrs = {r["step"]: r["lr"] for r in records if r["kind"] == "train"}
+    assert lrs[70] == pytest.approx(5e-3 * lr_factor(70, warmup=5, steps=80, schedule="linear"), rel=1e-9)

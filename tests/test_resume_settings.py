@@ -202,7 +202,7 @@ def test_every_resume_policy_is_declared():
     for cls in (PretrainConfig, AlignConfig, AdaptConfig):
         policies = {name: f.metadata["on_resume"] for name, f in settings_fields(cls).items()}
         assert set(policies.values()) <= {"apply", "refuse"}
-        assert policies["lr"] == policies["batch_size"] == policies["steps"] == "apply"
+        assert policies["lr"] == policies["batch_size"] == policies["steps"] == policies["lr_schedule"] == "apply"
         assert policies["seed"] == "refuse"
     changes = resume_changes("adapt", {"train": {"steps": 10}}, {"train": {"steps": 20}})
     assert [(c.flag, c.apply) for c in changes] == [("--steps", False)]
