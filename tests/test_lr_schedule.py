@@ -105,17 +105,11 @@ def test_a_resumed_cosine_run_is_bitwise_the_uninterrupted_one(tmp_path, monkeyp
     """The decay continues from the checkpoint's step: restarting it (or running it at the full rate) would
     change the weights of the last 35 steps."""
     from conftest import cli
-    from test_resume_settings import interrupt_at, same_weights
+    from test_resume_settings import same_weights, whole_and_resumed
 
     cmd = ["pretrain", "--data", "moons", "--lr", "5e-3", "--lr-schedule", "cosine", "--width", "32", "--steps", "60",
            "--batch-size", "64", "--warmup-steps", "5", "--checkpoint-every", "20", "--log-every", "5", "--quiet"]
-    whole, out = tmp_path / "whole", tmp_path / "run"
-    assert cli(*cmd, "--out", str(whole)).returncode == 0
-    with monkeypatch.context() as m:
-        interrupt_at(m, 25)
-        assert cli(*cmd, "--out", str(out)).returncode == 130
-    proc = cli("pretrain", "--out", str(out), "--resume")
-    assert proc.returncode == 0, proc.stderr
+    whole, out = whole_and_resumed(cmd, tmp_path, monkeypatch, at=25)
     same_weights(whole, out)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     lrs = {r["step"]: r["lr"] for r in records if r["kind"] == "train"}

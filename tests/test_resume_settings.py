@@ -49,6 +49,19 @@ def same_weights(a: Path, b: Path) -> None:
     assert all(torch.equal(ra[k], rb[k]) for k in ra), "raw weights differ"
 
 
+def whole_and_resumed(cmd: list[str], tmp_path: Path, monkeypatch, *, at: int) -> tuple[Path, Path]:
+    """``cmd`` run whole into ``tmp_path/whole``, and into ``tmp_path/run`` interrupted at step ``at`` (exit 130)
+    and then resumed with only ``--out`` and ``--resume``; returns the two run folders."""
+    whole, out = tmp_path / "whole", tmp_path / "run"
+    assert cli(*cmd, "--out", str(whole)).returncode == 0
+    with monkeypatch.context() as m:
+        interrupt_at(m, at)
+        assert cli(*cmd, "--out", str(out)).returncode == 130
+    proc = cli(cmd[0], "--out", str(out), "--resume")
+    assert proc.returncode == 0, proc.stderr
+    return whole, out
+
+
 def settings(run: Path) -> dict:
     return json.loads((run / "config.json").read_text())["settings"]
 
@@ -81,13 +94,7 @@ def test_align_resumed_with_only_out_and_resume_is_bitwise_exact(moons_run, tmp_
     cmd = ["align", "--base", str(moons_run), "--reward", "target:1.5,0.0", "--lr", "5e-4", "--tau", "2", "--steps",
            "30", "--batch-size", "32", "--refresh-every", "5", "--eval-every", "0", "--eval-samples", "16",
            "--checkpoint-every", "10", "--quiet"]
-    whole, out = tmp_path / "whole", tmp_path / "run"
-    assert cli(*cmd, "--out", str(whole)).returncode == 0
-    with monkeypatch.context() as m:
-        interrupt_at(m, 13)
-        assert cli(*cmd, "--out", str(out)).returncode == 130
-    proc = cli("align", "--out", str(out), "--resume")
-    assert proc.returncode == 0, proc.stderr
+    whole, out = whole_and_resumed(cmd, tmp_path, monkeypatch, at=13)
     same_weights(whole, out)
     assert settings(out) == settings(whole) and settings(out)["tau"] == 2.0
 
