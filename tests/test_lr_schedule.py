@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 from flowsteer.config import TrainConfig
-from flowsteer.errors import ConfigError
 from flowsteer.train_state import lr_factor
 from flowsteer.training import StepOutput, Trainer
 
