@@ -1,12 +1,15 @@
 """Acceptance figures of issue 3 on the even-digits task, measured through the CLI.
 
     python benchmarks/even_digits.py [--base runs/digits] [--out runs/even] [--budget 0.13]
+        [--alphas 0,0.1,0.3,1] [--rollout-solver euler|heun]
 
 Runs (each 1500 steps, batch 256, the CLI defaults):
   flowsteer align --base BASE --reward even-digits --out OUT/default                 (documented default alpha)
   flowsteer align --base BASE --reward even-digits --out OUT/sweep/alpha-A --alpha A  for A in 0, 0.1, 0.3, 1
   flowsteer align --base BASE --reward even-digits --out OUT/budget --w2-budget EPS
-The four alpha runs are the runs `--alpha 0,0.1,0.3,1` would make (same seed, same folders); they are
+(`--rollout-solver euler` unless told: the documented figures were measured with the Euler rollouts of sessions
+1-6; `heun` runs the same table with the CLI's rollout default of now.)
+The four alpha runs (or `--alphas`) are the runs `--alpha 0,0.1,0.3,1` would make (same seed, same folders); they are
 launched one by one so that `--workers` runs (default 2, one torch thread each) go side by side, and
 OUT/sweep/sweep.json and pareto.png are then written from them.  Each run then samples 2000 digits
 (`flowsteer sample`, Heun, 100 NFE), scored by a logistic-regression classifier fitted on the digits data:
@@ -146,6 +149,10 @@ def main() -> None:
     ap.add_argument("--out", default="runs/even")
     ap.add_argument("--budget", type=float, default=0.13)
     ap.add_argument("--workers", type=int, default=2, help="align runs side by side, one torch thread each")
+    ap.add_argument("--alphas", default=",".join(ALPHAS), help="the sweep's alphas (comma-separated)")
+    ap.add_argument("--rollout-solver", choices=("euler", "heun"), default="euler",
+                    help="euler: the rollout default when the documented figures were measured (sessions 1-6); "
+                         "heun: the CLI's default since session 7")
     ap.add_argument("--frontier-seeds", default="0,1,2",
                     help="seeds of the frontier runs (--method orw --target-beta B); empty: none")
     ap.add_argument("--frontier-variants", action="store_true",
@@ -164,10 +171,11 @@ def main() -> None:
     times = {}
     if not (base / "model.safetensors").exists():
         times["pretrain"] = cli("pretrain", "--data", "digits", "--out", str(base))
-    # --rollout-solver euler: the rollout default when these figures were measured (sessions 1-6; Heun since)
-    align = ["align", "--base", str(base), "--reward", "even-digits", "--rollout-solver", "euler"]
+    # --rollout-solver euler by default: the rollout default when these figures were measured (sessions 1-6)
+    align = ["align", "--base", str(base), "--reward", "even-digits", "--rollout-solver", args.rollout_solver]
+    alphas = [a.strip() for a in args.alphas.split(",") if a.strip()]
     jobs = {"default": (out / "default", []), "budget": (out / "budget", ["--w2-budget", str(args.budget)])}
-    for a in ALPHAS:
+    for a in alphas:
         jobs[f"alpha={a}"] = (sweep_run_dir(out / "sweep", float(a)), ["--alpha", a])
     env = ONE_THREAD if args.workers > 1 else None
 
@@ -204,9 +212,9 @@ def main() -> None:
     with ThreadPoolExecutor(args.workers) as pool:
         results = dict(pool.map(job, list(jobs)))
     results["base"] = base_scores
-    results = {k: results[k] for k in ["base", "default", *(f"alpha={a}" for a in ALPHAS), "budget",
+    results = {k: results[k] for k in ["base", "default", *(f"alpha={a}" for a in alphas), "budget",
                                        *(k for k in jobs if k.startswith(("frontier", "variant")))]}
-    write_sweep_summary(out / "sweep", [sweep_run_dir(out / "sweep", float(a)) for a in ALPHAS])
+    write_sweep_summary(out / "sweep", [sweep_run_dir(out / "sweep", float(a)) for a in alphas])
     results["budget"]["final_alpha"] = json.loads((out / "budget" / "final_metrics.json").read_text())["final_alpha"]
     # the optimum q0 exp(r / beta) over a grid of beta, predicted from the base's samples, beside the trained runs
     proba = clf.predict_proba(np.clip(np.load(samples_of("base")).reshape(2000, -1), -1, 1))
