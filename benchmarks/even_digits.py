@@ -5,11 +5,12 @@
 
 Runs (each 1500 steps, batch 256, the CLI defaults):
   flowsteer align --base BASE --reward even-digits --out OUT/default                 (documented default alpha)
-  flowsteer align --base BASE --reward even-digits --out OUT/sweep/alpha-A --alpha A  for A in 0, 0.1, 0.3, 1
+  flowsteer align --base BASE --reward even-digits --out OUT/sweep/alpha-A --alpha A  for A in --alphas
+                                                                                   (default 0, 0.1, 0.3, 1)
   flowsteer align --base BASE --reward even-digits --out OUT/budget --w2-budget EPS
 (`--rollout-solver euler` unless told: the documented figures were measured with the Euler rollouts of sessions
 1-6; `heun` runs the same table with the CLI's rollout default of now.)
-The four alpha runs (or `--alphas`) are the runs `--alpha 0,0.1,0.3,1` would make (same seed, same folders); they are
+The alpha runs are the runs `--alpha 0,0.1,0.3,1` (or --alphas) would make (same seed, same folders); they are
 launched one by one so that `--workers` runs (default 2, one torch thread each) go side by side, and
 OUT/sweep/sweep.json and pareto.png are then written from them.  Each run then samples 2000 digits
 (`flowsteer sample`, Heun, 100 NFE), scored by a logistic-regression classifier fitted on the digits data:
@@ -158,6 +159,13 @@ def main() -> None:
     ap.add_argument("--frontier-variants", action="store_true",
                     help="also run FRONTIER_VARIANTS (21 runs, about 1 h 15 min on 2 cores) into OUT/variants")
     args = ap.parse_args()
+    try:  # one spelling per alpha ("0.10" and "0.1" are one run), as sweep_run_dir names its folder
+        alphas = list(dict.fromkeys(f"{float(a):g}" for a in args.alphas.split(",") if a.strip()))
+    except ValueError:
+        ap.error(f"--alphas {args.alphas!r}: give numbers separated by commas, e.g. 0,0.1,0.3,1")
+    if not alphas:
+        ap.error("--alphas is empty: give at least one alpha, e.g. 0,0.1,0.3,1")
+    from flowsteer.config import ALIGN_DEFAULT_ALPHA
     from flowsteer.methods.sweep import sweep_run_dir, write_sweep_summary
     from sklearn.datasets import load_digits
     from sklearn.linear_model import LogisticRegression
@@ -173,7 +181,6 @@ def main() -> None:
         times["pretrain"] = cli("pretrain", "--data", "digits", "--out", str(base))
     # --rollout-solver euler by default: the rollout default when these figures were measured (sessions 1-6)
     align = ["align", "--base", str(base), "--reward", "even-digits", "--rollout-solver", args.rollout_solver]
-    alphas = [a.strip() for a in args.alphas.split(",") if a.strip()]
     jobs = {"default": (out / "default", []), "budget": (out / "budget", ["--w2-budget", str(args.budget)])}
     for a in alphas:
         jobs[f"alpha={a}"] = (sweep_run_dir(out / "sweep", float(a)), ["--alpha", a])
@@ -246,9 +253,10 @@ def main() -> None:
 
     from flowsteer.plots import image_grid
 
+    smallest = min(alphas, key=float)  # the collapse panel: alpha = 0 when it was swept, else the smallest alpha
     fig, axes = plt.subplots(1, 2, figsize=(10, 5.4), dpi=100)
-    for ax, (name, key) in zip(axes, [("alpha = 0 (orw): collapse", "alpha=0"),
-                                       ("default alpha = 0.15 (orw-w2)", "default")]):
+    for ax, (name, key) in zip(axes, [(f"alpha = {smallest} ({args.rollout_solver} rollouts)", f"alpha={smallest}"),
+                                       (f"default alpha = {ALIGN_DEFAULT_ALPHA:g} (orw-w2)", "default")]):
         x = np.load(samples_of(key))[:100]
         ax.imshow(image_grid(x)[..., 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         ax.set_title(name)
