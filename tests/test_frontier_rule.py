@@ -82,3 +82,18 @@ def test_the_optimum_curves_on_the_closed_form(tmp_path):
         assert row["even_share"] == pytest.approx(1 / (1 + 9 ** (-1 / row["beta"])), rel=1e-9)
     plot.save_frontier_plot(tmp_path / "f.png", curves, {"a run": (0.99, 1.6)}, title="t")
     assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("alphas, problem", [("", "--alphas is empty"), ("0,a", "give numbers separated by commas")])
+def test_even_digits_refuses_bad_alphas_before_any_work(tmp_path, alphas, problem):
+    """A bad --alphas gets one line and exit status 2 before the script pretrains, trains or writes anything
+    (the base folder does not exist, so any work would start by pretraining into it)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "even_digits.py"), "--alphas", alphas,
+                           "--base", str(tmp_path / "base"), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert problem in done.stderr and "Traceback" not in done.stderr
+    assert list(tmp_path.iterdir()) == []
