@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -88,9 +90,6 @@ def test_the_optimum_curves_on_the_closed_form(tmp_path):
 def test_even_digits_refuses_bad_alphas_before_any_work(tmp_path, alphas, problem):
     """A bad --alphas gets one line and exit status 2 before the script pretrains, trains or writes anything
     (the base folder does not exist, so any work would start by pretraining into it)."""
-    import subprocess
-    import sys
-
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "even_digits.py"), "--alphas", alphas,
                            "--base", str(tmp_path / "base"), "--out", str(tmp_path / "out")],
                           capture_output=True, text=True, timeout=120)
